@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# TORCH_SPEC is the torch requirement installed first; CI pins the CPU build
+# that lies on its disk (see .ci/run). Users keep the normal torch for their platform.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch>=2.4
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.demo-installed: pyproject.toml setup.py | $(BIN)/python
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[demo]"
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml setup.py | $(BIN)/python
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[dev,demo]"
+	touch $@ $(VENV)/.demo-installed
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/python examples/digits_demo.py
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests benchmarks examples
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python benchmarks/bench_dropout.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

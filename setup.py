@@ -1,0 +1,5 @@
+"""Build hook: all metadata lives in pyproject.toml."""
+
+from setuptools import setup
+
+setup()

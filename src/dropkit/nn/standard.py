@@ -1,0 +1,187 @@
+"""Drop-in replacements for ``torch.nn``'s dropout modules, on dropkit's Philox contract.
+
+Each class subclasses its ``torch.nn`` namesake, so ``isinstance(m, nn.Dropout)``
+checks in existing code (and ``model.eval()``) keep working, the constructor
+and ``extra_repr`` are the same, and ``state_dict``/pickling are unchanged.
+The extra keyword-only knobs are ``mode`` (``"inverted"`` or ``"classic"``)
+and ``seed`` (``None``: a fresh seed from torch's generator on every call).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from dropkit import functional as F
+from dropkit.functional import Mode
+
+__all__ = [
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "SpatialDropout",
+    "AlphaDropout",
+    "FeatureAlphaDropout",
+]
+
+
+class _PhiloxDropout:
+    """Shared state of dropkit's standard modules: validation and the seed knobs."""
+
+    def _init_dropkit(self, p: float, mode: Mode = "inverted", seed: Optional[int] = None) -> None:
+        self.p = F.validate_p(p)
+        F._validate_mode(mode)
+        self.mode = mode
+        self.seed = seed
+
+    def extra_repr(self) -> str:
+        extra = f"p={self.p}, inplace={self.inplace}"
+        if getattr(self, "mode", "inverted") != "inverted":
+            extra += f", mode={self.mode!r}"
+        return extra
+
+    def _options(self) -> dict:
+        return {"seed": self.seed}
+
+
+class Dropout(_PhiloxDropout, nn.Dropout):
+    """Zero each element with probability ``p`` during training.
+
+    Srivastava et al. (2014), "Dropout: a simple way to prevent neural networks
+    from overfitting". The default regulariser for fully connected layers;
+    typical ``p`` is 0.2-0.5 (0.5 for wide hidden layers, ~0.2 for inputs).
+
+    Shape: any; output has the input's shape.
+
+    Example::
+
+        >>> layer = dropkit.nn.Dropout(0.5)
+        >>> y = layer(torch.randn(32, 128))      # training: ~half zeroed, rest x2
+        >>> layer.eval(); torch.equal(layer(x), x)  # inference: identity
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        mode: Mode = "inverted",
+        seed: Optional[int] = None,
+    ) -> None:
+        F.validate_p(p)
+        super().__init__(p, inplace)
+        self._init_dropkit(p, mode, seed)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout(
+            input, self.p, self.training, mode=self.mode, inplace=self.inplace, **self._options()
+        )
+
+
+class Dropout1d(_PhiloxDropout, nn.Dropout1d):
+    """Drop whole channels of ``(N, C, L)``/``(C, L)`` inputs (Tompson et al., 2015).
+
+    Use after 1-D convolutions (audio, sequences as channels) where neighbouring
+    positions are correlated and element-wise dropout barely regularises.
+    """
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: Optional[int] = None):
+        F.validate_p(p)
+        super().__init__(p, inplace)
+        self._init_dropkit(p, seed=seed)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout1d(input, self.p, self.training, self.inplace, **self._options())
+
+
+class Dropout2d(_PhiloxDropout, nn.Dropout2d):
+    """Drop whole feature maps of ``(N, C, H, W)``/``(C, H, W)`` inputs.
+
+    Tompson et al. (2015), "Efficient object localization using convolutional
+    networks". The usual choice after convolutional blocks of a CNN.
+    Unlike ``torch.nn.Dropout2d`` (which, for historical reasons, treats 3-D
+    input as ``(N, C, L)``), a 3-D input is an unbatched ``(C, H, W)`` image.
+    """
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: Optional[int] = None):
+        F.validate_p(p)
+        super().__init__(p, inplace)
+        self._init_dropkit(p, seed=seed)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout2d(input, self.p, self.training, self.inplace, **self._options())
+
+
+class Dropout3d(_PhiloxDropout, nn.Dropout3d):
+    """Drop whole volumes of ``(N, C, D, H, W)``/``(C, D, H, W)`` inputs (3-D CNNs, video)."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: Optional[int] = None):
+        F.validate_p(p)
+        super().__init__(p, inplace)
+        self._init_dropkit(p, seed=seed)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout3d(input, self.p, self.training, self.inplace, **self._options())
+
+
+class SpatialDropout(_PhiloxDropout, nn.Module):
+    """Channel-wise dropout for inputs of any rank >= 3, channels first or last.
+
+    Keras' ``SpatialDropout1D/2D/3D`` in one module. ``channels_last=True``
+    suits ``(N, L, C)`` token features and NHWC images.
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        channels_last: bool = False,
+        seed: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.channels_last = channels_last
+        self._init_dropkit(p, seed=seed)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", channels_last={self.channels_last}"
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.spatial_dropout(
+            input,
+            self.p,
+            self.training,
+            channels_last=self.channels_last,
+            inplace=self.inplace,
+            **self._options(),
+        )
+
+
+class AlphaDropout(_PhiloxDropout, nn.AlphaDropout):
+    """Alpha dropout for SELU networks (Klambauer et al., 2017): keeps mean 0 and variance 1."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: Optional[int] = None):
+        F.validate_p(p)
+        super().__init__(p, inplace)
+        self._init_dropkit(p, seed=seed)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.alpha_dropout(input, self.p, self.training, **self._options())
+
+
+class FeatureAlphaDropout(_PhiloxDropout, nn.FeatureAlphaDropout):
+    """Channel-wise alpha dropout for SELU CNNs: one mask value per (sample, channel)."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: Optional[int] = None):
+        F.validate_p(p)
+        super().__init__(p, inplace)
+        self._init_dropkit(p, seed=seed)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.feature_alpha_dropout(input, self.p, self.training, **self._options())
+
+
