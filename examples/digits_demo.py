@@ -1,4 +1,4 @@
-"""Train one MLP with and without dropout on scikit-learn's digits; print accuracies side by side."""
+"""Train one MLP with and without dropout on scikit-learn digits; print accuracies side by side."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ Convention: ``p`` is the probability of *dropping* a unit. The explainer's
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
@@ -291,7 +292,7 @@ def feature_alpha_dropout(
     offset: int = 0,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    """Channel-wise alpha dropout: one mask value per (sample, channel) of an ``(N, C, ...)`` input."""
+    """Channel-wise alpha dropout: one mask value per (sample, channel) of ``(N, C, ...)``."""
     p = validate_p(p)
     _validate_input(input, "feature_alpha_dropout")
     if input.dim() < 2:
