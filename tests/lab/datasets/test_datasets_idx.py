@@ -37,6 +37,14 @@ from dropkit.lab.datasets import (
 )
 from dropkit.lab.datasets._common import RemoteFile, download_file
 
+
+@pytest.fixture(autouse=True)
+def _isolated_data_env(tmp_path_factory, monkeypatch):
+    """Keep the user's real cache and $DROPKIT_DATA out of every test."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    monkeypatch.delenv("DROPKIT_DATA", raising=False)
+
+
 _CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D}
 _CODES[np.float64] = 0x0E
 

@@ -20,6 +20,14 @@ from dropkit.lab.datasets import (
 )
 from dropkit.lab.datasets.text import EOS, tokenize_words
 
+
+@pytest.fixture(autouse=True)
+def _isolated_data_env(tmp_path_factory, monkeypatch):
+    """Keep the user's real cache and $DROPKIT_DATA out of every test."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    monkeypatch.delenv("DROPKIT_DATA", raising=False)
+
+
 TRAIN = " the cat sat \n the dog sat on the mat \n a <unk> ran \n"
 VALID = " the cat ran \n a dog sat \n the mat \n the cat sat \n a dog ran \n"
 TEST = " the dog ran on a mat \n the zebra sat \n"
