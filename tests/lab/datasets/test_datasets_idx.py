@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import http.client
 import http.server
 import io
 import shutil
@@ -331,7 +332,14 @@ def test_download_unreachable_mirrors_raise_download_error(tmp_path):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
-def test_interrupted_download_leaves_no_file(tmp_path):
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ConnectionResetError("connection reset mid-transfer"),
+        http.client.IncompleteRead(b"abcd", 10),
+    ],
+)
+def test_interrupted_download_leaves_no_file(tmp_path, failure):
     class Broken(io.BytesIO):
         """Serves one chunk, then the connection drops."""
 
@@ -340,7 +348,7 @@ def test_interrupted_download_leaves_no_file(tmp_path):
         def read(self, size=-1):
             self.calls += 1
             if self.calls > 1:
-                raise ConnectionResetError("connection reset mid-transfer")
+                raise failure
             return b"abcd" * 1000
 
     written: list[int] = []
@@ -350,8 +358,9 @@ def test_interrupted_download_leaves_no_file(tmp_path):
         return Broken()
 
     remote = RemoteFile("x.gz", ("http://mirror.invalid/",), "md5:" + "0" * 32)
-    with pytest.raises(DownloadError, match="connection reset mid-transfer"):
+    with pytest.raises(DownloadError, match="could not download x.gz") as info:
         download_file(remote, tmp_path / "cache", opener=opener)
+    assert str(failure) in str(info.value)
     assert written == [1]
     assert list((tmp_path / "cache").iterdir()) == []
 

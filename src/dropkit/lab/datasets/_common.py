@@ -14,9 +14,9 @@ Nothing here runs at import time: no directory is created until a download needs
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +32,9 @@ __all__ = [
     "RemoteFile",
     "default_cache_dir",
     "search_dirs",
+    "cache_root",
     "find_file",
+    "verify_checksum",
     "download_file",
     "file_digest",
 ]
@@ -130,8 +132,7 @@ def search_dirs(
         dirs.extend(root / sub for sub in subfolders)
     dirs.append(cache_root(name, cache_dir))
     # Keep order, drop duplicates (data_dir may itself be the cache folder).
-    seen: set[Path] = set()
-    return [d for d in dirs if not (d in seen or seen.add(d))]
+    return list(dict.fromkeys(dirs))
 
 
 def cache_root(name: str, cache_dir: Optional[PathLike] = None) -> Path:
@@ -211,7 +212,9 @@ def download_file(
                 continue
             os.replace(tmp, target)
             return target
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # OSError covers URLError, HTTPError and timeouts; HTTPException covers a
+            # connection that closes before Content-Length bytes arrived (IncompleteRead).
             failures.append(f"{url}: {exc}")
         finally:
             tmp.unlink(missing_ok=True)
