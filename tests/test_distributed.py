@@ -12,7 +12,10 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +29,8 @@ from torch.utils.checkpoint import checkpoint
 import dropkit
 from dropkit.distributed import RNGTracker, get_rng_tracker, per_rank_seed
 from dropkit.random import draw_seed, fold_seed
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MASK_SIZE = 4096
 
@@ -452,3 +457,62 @@ def test_shared_streams_give_equal_masks_on_a_group(gloo_runs):
     for rank in range(WORLD_SIZE):
         for name, mask in first[rank]["groups"].items():
             assert torch.equal(mask, second[rank]["groups"][name]), name
+
+
+def test_documented_torchrun_example(tmp_path):
+    pytest.importorskip("sklearn", reason="the example trains on scikit-learn's digits")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO_ROOT / "examples" / "ddp_dropout.py"), "--epochs", "1", "--checkpoint",
+    ]
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=SPAWN_TIMEOUT_S
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "replicas bit-identical after 1 epochs: True" in result.stdout, result.stdout
+    agreement = re.search(r"agree on ([\d.]+)% of (\d+) units", result.stdout)
+    assert agreement, result.stdout
+    fraction, units = float(agreement[1]) / 100, int(agreement[2])
+    # Same 6-sigma binomial bound as _assert_independent, on the live units.
+    assert abs(fraction - 0.5) <= 3 / math.sqrt(units) + 1e-4, result.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fork_steers_and_restores_the_cuda_generator():
+    tracker = RNGTracker()
+    tracker.add("a", 0)
+    tracker.add("b", 1)
+    ones = torch.ones(MASK_SIZE, device="cuda")
+
+    def torch_cuda_mask(name):
+        torch.manual_seed(8)
+        before = torch.cuda.get_rng_state()
+        with tracker.fork(name):
+            mask = torch.nn.functional.dropout(ones, 0.5) != 0
+        assert torch.equal(torch.cuda.get_rng_state(), before)
+        return mask.cpu()
+
+    first = torch_cuda_mask("a")
+    assert torch.equal(torch_cuda_mask("a"), first)
+    _assert_independent(first, torch_cuda_mask("b"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_checkpoint_recomputes_the_same_masks_on_cuda(use_reentrant):
+    block = _block(lambda: dropkit.Dropout(0.5), 16).cuda()
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, device="cuda", requires_grad=True)
+    tracker = RNGTracker()
+    tracker.add("stream", 7)
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(21)
+        x.grad = None
+        with tracker.fork("stream"):
+            out = checkpoint(block, x, use_reentrant=use_reentrant) if checkpointed else block(x)
+        torch.rand(100, device="cuda")
+        torch.rand(100)
+        out.square().sum().backward()
+        grads.append(x.grad.clone())
+    assert torch.equal(grads[0], grads[1])
