@@ -69,6 +69,16 @@ def test_fork_follows_the_documented_derivation():
     assert torch.equal(got, expected)
 
 
+def test_scalar_fold_matches_the_reference_bit_for_bit():
+    from dropkit.distributed import _fold_seed_scalar
+
+    generator = torch.Generator().manual_seed(0)
+    words = torch.randint(0, 2**62, (200, 2), generator=generator).tolist()
+    edges = [(0, 0), (2**64 - 1, 2**64 - 1), (2**32 - 1, 2**32), (1, 2**63)]
+    for seed, value in edges + [(a * 4 + 3, b * 4 + 1) for a, b in words]:
+        assert _fold_seed_scalar(seed, value) == fold_seed(seed, value), (seed, value)
+
+
 def test_fork_costs_one_draw_and_restores_the_generator():
     tracker = RNGTracker()
     tracker.add("s", 0)

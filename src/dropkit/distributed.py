@@ -43,13 +43,47 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from dropkit.random import draw_seed, fold_seed
+from dropkit.random import (
+    _MASK32,
+    _PHILOX_M0,
+    _PHILOX_M1,
+    _PHILOX_W0,
+    _PHILOX_W1,
+    _ROUNDS,
+    draw_seed,
+    fold_seed,
+)
 
 __all__ = ["RNGTracker", "get_rng_tracker", "per_rank_seed"]
 
 _SEED_SPACE = 1 << 64
 # Fold value that separates the CUDA generator's seed from the CPU one's.
 _CUDA_LANE = 1
+
+
+def _fold_seed_scalar(seed: int, value: int) -> int:
+    """``dropkit.random.fold_seed(seed, value)`` on Python ints.
+
+    The tensor reference costs ~0.5 ms per call in small-op overhead; a fork
+    folds once per entry, so the scalar twin keeps a fork at tens of
+    microseconds. Tested bit for bit against the reference.
+    """
+    # The counter words spell "keys" and "fold", as in dropkit.random.fold_seed.
+    c0, c1, c2, c3 = value & _MASK32, value >> 32, 0x6B657973, 0x666F6C64
+    k0, k1 = seed & _MASK32, seed >> 32
+    for round_index in range(_ROUNDS):
+        if round_index:
+            k0 = (k0 + _PHILOX_W0) & _MASK32
+            k1 = (k1 + _PHILOX_W1) & _MASK32
+        product0 = _PHILOX_M0 * c0
+        product1 = _PHILOX_M1 * c2
+        c0, c1, c2, c3 = (
+            (product1 >> 32) ^ c1 ^ k0,
+            product1 & _MASK32,
+            (product0 >> 32) ^ c3 ^ k1,
+            product0 & _MASK32,
+        )
+    return c0 | (c1 << 32)
 
 
 def _name_key(name: str) -> int:
@@ -185,7 +219,8 @@ class RNGTracker:
 
     def stream_seed(self, name: str, base: int) -> int:
         """The seed stream ``name`` runs on for a given ``base`` draw (step 2 of the module doc)."""
-        return fold_seed(base, self._stream_key(name))
+        _validate_key(base)
+        return _fold_seed_scalar(base, self._stream_key(name))
 
     @contextlib.contextmanager
     def fork(self, name: str) -> Iterator[None]:
@@ -194,7 +229,7 @@ class RNGTracker:
         Also usable as a decorator. Costs one draw from the enclosing generator.
         """
         stream_key = self._stream_key(name)
-        stream_seed = fold_seed(draw_seed(), stream_key)
+        stream_seed = _fold_seed_scalar(draw_seed(), stream_key)
         cpu = torch.default_generator
         cpu_state = cpu.get_state()
         cuda_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
@@ -203,7 +238,7 @@ class RNGTracker:
             cpu.manual_seed(stream_seed)
             if cuda_device is not None:
                 torch.cuda.default_generators[cuda_device].manual_seed(
-                    fold_seed(stream_seed, _CUDA_LANE)
+                    _fold_seed_scalar(stream_seed, _CUDA_LANE)
                 )
             yield
         finally:
