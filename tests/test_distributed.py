@@ -173,6 +173,23 @@ def test_fork_also_steers_torch_dropout_and_works_as_decorator():
     _assert_independent(first, other)
 
 
+def test_fork_around_a_compiled_module_matches_eager():
+    tracker = RNGTracker()
+    tracker.add("a", 0)
+    tracker.add("b", 1)
+    layer = dropkit.Dropout(0.5)
+    compiled = torch.compile(layer, fullgraph=True)
+
+    def mask(name, module):
+        torch.manual_seed(3)
+        with tracker.fork(name):
+            return module(torch.ones(MASK_SIZE)) != 0
+
+    eager_a = mask("a", layer)
+    assert torch.equal(mask("a", compiled), eager_a)
+    _assert_independent(mask("b", compiled), eager_a)
+
+
 def test_explicit_seed_bypasses_the_fork():
     # Documented: modules built with seed= ignore forks; per_rank_seed is the remedy.
     tracker = RNGTracker()
