@@ -419,7 +419,16 @@ def _group_masks(rank: int) -> dict:
         masks["nested"] = _mask()
     layer = dropkit.Dropout(0.5, seed=per_rank_seed(42))
     masks["per_rank_seed"] = layer(torch.ones(MASK_SIZE)) != 0
-    return masks
+    result = {
+        "masks": masks,
+        "stream_seeds": {name: tracker.stream_seed(name, 0) for name in tracker.names},
+        "non_member_error": "no error raised",
+    }
+    try:
+        tracker.add_shared("not-mine", singletons[1 - rank])
+    except RuntimeError as error:
+        result["non_member_error"] = str(error)
+    return result
 
 
 def _worker(rank: int, port: int, seeds: list[int], out_dir: str) -> None:
@@ -475,15 +484,35 @@ def test_ddp_masks_reproduce_from_the_seed(gloo_runs):
 
 def test_shared_streams_give_equal_masks_on_a_group(gloo_runs):
     first, second = gloo_runs
-    rank0, rank1 = first[0]["groups"], first[1]["groups"]
+    rank0, rank1 = first[0]["groups"]["masks"], first[1]["groups"]["masks"]
     for name in ("world-replicated", "nested"):
         assert torch.equal(rank0[name], rank1[name]), name
     for name in ("own-group", "world-sharded", "per_rank_seed"):
         _assert_independent(rank0[name], rank1[name])
     _assert_independent(rank0["world-replicated"], rank0["world-sharded"])
     for rank in range(WORLD_SIZE):
-        for name, mask in first[rank]["groups"].items():
-            assert torch.equal(mask, second[rank]["groups"][name]), name
+        groups = first[rank]["groups"]
+        assert f"(global rank {rank}) is not a member of the group" in groups["non_member_error"]
+        for name, mask in groups["masks"].items():
+            assert torch.equal(mask, second[rank]["groups"]["masks"][name]), name
+
+
+def _digest(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def test_group_stream_keys_follow_the_documented_formula(gloo_runs):
+    first, _ = gloo_runs
+    world, own = _digest("ranks:0,1"), [_digest("ranks:0"), _digest("ranks:1")]
+    for rank in range(WORLD_SIZE):
+        expected_keys = {
+            "world-replicated": (world,),
+            "own-group": (own[rank],),
+            "world-sharded": (world, rank),
+        }
+        for name, keys in expected_keys.items():
+            expected = fold_seed(0, fold_seed(_digest(name), *keys))
+            assert first[rank]["groups"]["stream_seeds"][name] == expected, (rank, name)
 
 
 def test_documented_torchrun_example(tmp_path):

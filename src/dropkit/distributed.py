@@ -110,27 +110,30 @@ def _require_initialized(what: str) -> None:
         )
 
 
-def _group_id(group: Optional[dist.ProcessGroup]) -> int:
-    # The lowest global rank names a group identically on all of its members and
-    # differs between disjoint groups, without any communication.
-    ranks = dist.get_process_group_ranks(group if group is not None else dist.group.WORLD)
-    return min(ranks)
-
-
 def _group_rank(group: Optional[dist.ProcessGroup]) -> int:
     rank = dist.get_rank(group)
     if rank < 0:
         raise RuntimeError(
-            f"this process (global rank {dist.get_rank()}) is not a member of the group "
-            f"with ranks {dist.get_process_group_ranks(group)}"
+            f"this process (global rank {dist.get_rank()}) is not a member of the group it "
+            "passed; register group streams only on the group's members"
         )
     return rank
+
+
+def _group_id(group: Optional[dist.ProcessGroup]) -> int:
+    # A digest of the member list names a group identically on all of its members
+    # and differently for any other member list, overlapping or not, without
+    # communication.
+    _group_rank(group)
+    ranks = sorted(dist.get_process_group_ranks(group or dist.group.WORLD))
+    digest = hashlib.blake2b(("ranks:" + ",".join(map(str, ranks))).encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little")
 
 
 def per_rank_seed(seed: int, group: Optional[dist.ProcessGroup] = None) -> int:
     """``fold_seed(seed, group_id, rank)``: a fixed seed made distinct per rank of ``group``.
 
-    ``group_id`` is the group's lowest global rank (0 for the world group), as in
+    ``group_id`` identifies the group's member list, as in
     :meth:`RNGTracker.add_per_rank`, so ranks of different groups differ too.
 
     For modules built with an explicit ``seed=`` (those bypass the generator
@@ -190,10 +193,9 @@ class RNGTracker:
     def add_shared(self, name: str, group: Optional[dist.ProcessGroup] = None) -> None:
         """Register ``name`` with one stream shared by all ranks of ``group`` (default: world).
 
-        Disjoint groups get independent streams (they are keyed by their lowest rank).
+        Other groups get independent streams (the key is a digest of the member ranks).
         """
         _require_initialized("RNGTracker.add_shared")
-        _group_rank(group)
         self.add(name, _group_id(group))
 
     def remove(self, name: str) -> None:
