@@ -19,7 +19,8 @@ swaps that generator, and nothing in the ops has to know about ranks:
 2. ``stream_seed = fold_seed(base, stream_key)``, where ``stream_key`` is
    ``fold_seed(name_key, *keys)`` fixed at :meth:`RNGTracker.add` time
    (``name_key``: the first 8 bytes of BLAKE2b of the name, little-endian). The
-   keys carry the rank (own stream per rank) or the group id (one stream per group).
+   keys carry the group id (a digest of the group's member ranks) and, for a
+   stream per rank, the rank within the group.
 3. The default CPU generator is re-seeded with ``stream_seed`` for the body of
    the ``with`` block, and restored afterwards to its state just after step 1.
    When CUDA is initialised, the current device's generator is handled the same
@@ -125,7 +126,7 @@ def _group_id(group: Optional[dist.ProcessGroup]) -> int:
     # and differently for any other member list, overlapping or not, without
     # communication.
     _group_rank(group)
-    ranks = sorted(dist.get_process_group_ranks(group or dist.group.WORLD))
+    ranks = sorted(dist.get_process_group_ranks(group if group is not None else dist.group.WORLD))
     digest = hashlib.blake2b(("ranks:" + ",".join(map(str, ranks))).encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "little")
 
