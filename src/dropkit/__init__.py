@@ -4,6 +4,7 @@ The public API is flat: ``dropkit.Dropout``, ``dropkit.functional.dropout``,
 ``dropkit.random`` (the Philox contract).
 """
 
+from dropkit import distributed as distributed
 from dropkit import functional, random
 from dropkit.nn import (
     AlphaDropout,
@@ -25,6 +26,7 @@ __all__ = [
     "Dropout3d",
     "FeatureAlphaDropout",
     "SpatialDropout",
+    "distributed",
     "functional",
     "random",
 ]
