@@ -108,6 +108,34 @@ def _print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 
+def _cpu_time_single_thread(numel: int, dtype: torch.dtype, repeats: int) -> dict[str, float]:
+    """Median CPU seconds of one thread, in place, no allocation: the kernel's own cost.
+
+    CPU time of the calling thread is insensitive to other processes on the
+    machine, so this isolates compute from the shared cores' load.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    threshold = round((1 - P) * 65536)
+    x = torch.randn(numel).to(dtype)
+    y = torch.empty_like(x)
+    contenders = {
+        "copy_": lambda: y.copy_(x),
+        "torch dropout_": lambda: F.dropout(y, P, True, inplace=True),
+        "dropkit": lambda: kernels.mask_scale_(y, 1, 0, threshold, 65536 / threshold),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    try:
+        for _ in range(repeats):
+            for name, fn in contenders.items():
+                start = time.thread_time()
+                fn()
+                samples[name].append(time.thread_time() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def _saved_bytes_per_element(fn, x: torch.Tensor) -> float:
     saved: list[int] = []
 
@@ -128,6 +156,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="1M only, 3 repeats, no compile")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--cpu-time-only", action="store_true", help="only the 1-thread table")
     args = parser.parse_args()
     sizes = {"1M": SIZES["1M"]} if args.quick else SIZES
     repeats = 3 if args.quick else args.repeats
@@ -139,6 +168,14 @@ def main() -> None:
     compiled = None
     if not (args.quick or args.no_compile):
         compiled = torch.compile(lambda t: F.dropout(t, P, True))
+
+    cpu_rows = [
+        (f"16M {label}", _cpu_time_single_thread(SIZES["16M"], dtype, repeats))
+        for label, dtype in DTYPES.items()
+    ]
+    _print_table("One thread, in place, CPU time of the calling thread", cpu_rows)
+    if args.cpu_time_only:
+        return
 
     forward_rows, backward_rows = [], []
     for dtype_label, dtype in DTYPES.items():

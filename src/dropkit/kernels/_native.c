@@ -495,8 +495,8 @@ typedef struct {
     pthread_cond_t work_ready;
     pthread_cond_t work_done;
     int started;          /* worker threads alive */
-    int wanted;           /* workers 0..wanted-1 take part in the current call */
-    int active;           /* workers still busy with the current call */
+    int wanted;           /* workers 0..wanted-1 may join the current call */
+    int active;           /* workers that joined and are still working */
     unsigned long generation;
     const dk_task *task;
     size_t next_chunk;
@@ -525,7 +525,10 @@ static void *dk_worker_main(void *raw) {
     for (;;) {
         while (pool->generation == seen) pthread_cond_wait(&pool->work_ready, &pool->lock);
         seen = pool->generation;
+        /* wanted drops to 0 once the caller has claimed the last chunk, so a
+         * worker that wakes late (its core busy elsewhere) stays out. */
         if (arg.index >= pool->wanted) continue;
+        pool->active++;
         const dk_task *task = pool->task;
         pthread_mutex_unlock(&pool->lock);
 #if DK_HAVE_AVX2
@@ -630,12 +633,15 @@ static void dk_execute(const dk_job *job, int nthreads) {
             pool->task = &task;
             pool->next_chunk = 0;
             pool->wanted = workers;
-            pool->active = workers;
+            pool->active = 0;
             pool->generation++;
             pthread_cond_broadcast(&pool->work_ready);
             pthread_mutex_unlock(&pool->lock);
             dk_run_chunks(&task, &pool->next_chunk);
+            /* Every chunk is claimed: wait only for workers that joined, never
+             * for one that has not been scheduled yet. */
             pthread_mutex_lock(&pool->lock);
+            pool->wanted = 0;
             while (pool->active > 0) pthread_cond_wait(&pool->work_done, &pool->lock);
             pthread_mutex_unlock(&pool->lock);
             pthread_mutex_unlock(&pool->call_lock);
