@@ -5,6 +5,7 @@ The public API is flat: ``dropkit.Dropout``, ``dropkit.functional.dropout``,
 """
 
 from dropkit import functional, random
+from dropkit.losses import r_drop_loss
 from dropkit.nn import (
     AlphaDropout,
     Dropout,
@@ -14,6 +15,17 @@ from dropkit.nn import (
     FeatureAlphaDropout,
     SpatialDropout,
 )
+from dropkit.nn.conv import DropBlock2d, DropBlock3d, DropPath
+from dropkit.nn.learned import ConcreteDropout
+from dropkit.nn.noise import GaussianDropout, GaussianNoise
+from dropkit.nn.recurrent import (
+    EmbeddingDropout,
+    LockedDropout,
+    WeightDrop,
+    WordDropout,
+    Zoneout,
+)
+from dropkit.nn.weights import DropConnect
 
 __version__ = "0.1.0"
 
@@ -27,4 +39,18 @@ __all__ = [
     "SpatialDropout",
     "functional",
     "random",
+    "ConcreteDropout",
+    "DropBlock2d",
+    "DropBlock3d",
+    "DropConnect",
+    "DropPath",
+    "EmbeddingDropout",
+    "GaussianDropout",
+    "GaussianNoise",
+    "LockedDropout",
+    "WeightDrop",
+    "WordDropout",
+    "Zoneout",
+    "losses",
+    "r_drop_loss",
 ]
