@@ -256,7 +256,9 @@ def zoneout(
         return torch.lerp(candidate, previous, p)
     ones = torch.ones(candidate.shape, dtype=candidate.dtype, device=candidate.device)
     update = dropout(ones, p, mode="classic", seed=seed, offset=offset, generator=generator)
-    return previous + update * (candidate - previous)
+    # Written as a convex mix, not previous + update * (candidate - previous), so a
+    # unit takes exactly one of the two states.
+    return update * candidate + (1.0 - update) * previous
 
 
 class LockedDropout(nn.Module):
