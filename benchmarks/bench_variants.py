@@ -50,6 +50,16 @@ def load_torchvision_ops():
     return ops
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def _time(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -98,7 +108,7 @@ def main() -> None:
     tv = load_torchvision_ops()
     print(
         f"dropkit {dropkit.__version__}, torch {torch.__version__}, backend "
-        f"{kernels.backend_name()}, threads {torch.get_num_threads()}, {platform.processor()}"
+        f"{kernels.backend_name(torch.ones(1))}, threads {torch.get_num_threads()}, {_cpu_name()}"
     )
     if timm_drop is None:
         print("timm not installed: `pip install --no-deps timm` to compare")

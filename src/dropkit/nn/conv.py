@@ -122,11 +122,14 @@ def _drop_block(
     ones = torch.ones(seed_shape, dtype=mask_dtype, device=x.device)
     # "classic" mode leaves survivors unscaled: 1 = no block starts here, 0 = a block starts.
     no_seed = dropout(ones, gamma, mode="classic", seed=seed, offset=offset, generator=generator)
-    keep = 1.0 - _expand_seeds(1.0 - no_seed, sizes)
+    covered = _expand_seeds(no_seed.neg_().add_(1.0), sizes)
+    scale = 1.0
     if scale_by_keep:
         # Ghiasi et al., Algorithm 1 step 6: A * count(M) / count_ones(M), over the mask drawn.
-        kept = keep.sum()
-        keep = keep * torch.where(kept > 0, keep.numel() / kept.clamp_min(1.0), 0.0)
+        kept = covered.numel() - covered.sum()
+        scale = torch.where(kept > 0, covered.numel() / kept.clamp_min(1.0), 0.0)
+    # keep = (1 - covered) * scale, built in place: the mask is as large as the input.
+    keep = covered.mul_(-scale).add_(scale) if scale_by_keep else covered.neg_().add_(1.0)
     out = x * keep.to(x.dtype)
     return out if batched else out.squeeze(0)
 
