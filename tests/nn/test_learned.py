@@ -39,7 +39,7 @@ def test_regularizer_matches_paper_formula_and_pushes_entropy_up():
     drop(torch.randn(8, 5))
     assert drop.input_features == 5
     p = drop.p
-    squares = sum(float(t.pow(2).sum()) for t in layer.parameters())
+    squares = sum(float(t.detach().pow(2).sum()) for t in layer.parameters())
     expected = 1e-2 * squares / (1 - p) + 1e-1 * 5 * (p * math.log(p) + (1 - p) * math.log(1 - p))
     assert float(drop.regularization(layer).detach()) == pytest.approx(expected, rel=1e-5)
     # With no weights to pay for, the entropy term alone moves p from 0.1 towards 0.5.
