@@ -21,6 +21,7 @@ $(VENV)/.demo-installed: pyproject.toml setup.py | $(BIN)/python
 $(VENV)/.dev-installed: pyproject.toml setup.py | $(BIN)/python
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet -e ".[dev,demo]"
+	$(PIP) install --quiet --no-deps "timm>=1.0"
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed

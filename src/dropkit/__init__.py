@@ -6,6 +6,7 @@ The public API is flat: ``dropkit.Dropout``, ``dropkit.functional.dropout``,
 
 from dropkit import distributed as distributed
 from dropkit import functional, random
+from dropkit.losses import r_drop_loss
 from dropkit.nn import (
     AlphaDropout,
     Dropout,
@@ -15,6 +16,17 @@ from dropkit.nn import (
     FeatureAlphaDropout,
     SpatialDropout,
 )
+from dropkit.nn.conv import DropBlock2d, DropBlock3d, DropPath
+from dropkit.nn.learned import ConcreteDropout
+from dropkit.nn.noise import GaussianDropout, GaussianNoise
+from dropkit.nn.recurrent import (
+    EmbeddingDropout,
+    LockedDropout,
+    WeightDrop,
+    WordDropout,
+    Zoneout,
+)
+from dropkit.nn.weights import DropConnect
 
 __version__ = "0.1.0"
 
@@ -29,4 +41,18 @@ __all__ = [
     "distributed",
     "functional",
     "random",
+    "ConcreteDropout",
+    "DropBlock2d",
+    "DropBlock3d",
+    "DropConnect",
+    "DropPath",
+    "EmbeddingDropout",
+    "GaussianDropout",
+    "GaussianNoise",
+    "LockedDropout",
+    "WeightDrop",
+    "WordDropout",
+    "Zoneout",
+    "losses",
+    "r_drop_loss",
 ]

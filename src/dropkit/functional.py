@@ -25,6 +25,17 @@ __all__ = [
     "alpha_dropout",
     "feature_alpha_dropout",
     "validate_p",
+    "drop_block2d",
+    "drop_block3d",
+    "drop_path",
+    "locked_dropout",
+    "embedding_dropout",
+    "word_dropout",
+    "zoneout",
+    "drop_connect",
+    "gaussian_dropout",
+    "gaussian_noise",
+    "concrete_dropout",
 ]
 
 Mode = Literal["inverted", "classic"]
@@ -302,3 +313,17 @@ def feature_alpha_dropout(
         )
     dims = tuple(range(2, input.dim()))
     return _alpha(input, p, training, dims, seed, offset, generator)
+
+
+# The variant families live beside their modules (one file per family); their
+# functional ops are re-exported here so `dropkit.functional` is the one place to look.
+from dropkit.nn.conv import drop_block2d, drop_block3d, drop_path  # noqa: E402
+from dropkit.nn.learned import concrete_dropout  # noqa: E402
+from dropkit.nn.noise import gaussian_dropout, gaussian_noise  # noqa: E402
+from dropkit.nn.recurrent import (  # noqa: E402
+    embedding_dropout,
+    locked_dropout,
+    word_dropout,
+    zoneout,
+)
+from dropkit.nn.weights import drop_connect  # noqa: E402
