@@ -4,7 +4,9 @@ The public API is flat: ``dropkit.Dropout``, ``dropkit.functional.dropout``,
 ``dropkit.random`` (the Philox contract).
 """
 
-from dropkit import functional, random
+from dropkit import analysis, functional, random, schedule
+from dropkit.check import Finding, check, recalibrate_batchnorm, variance_shift
+from dropkit.convert import Conversion, convert, set_p
 from dropkit.nn import (
     AlphaDropout,
     Dropout,
@@ -27,4 +29,13 @@ __all__ = [
     "SpatialDropout",
     "functional",
     "random",
+    "Conversion",
+    "Finding",
+    "analysis",
+    "check",
+    "convert",
+    "recalibrate_batchnorm",
+    "schedule",
+    "set_p",
+    "variance_shift",
 ]
