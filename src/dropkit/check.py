@@ -311,7 +311,9 @@ def _graph_consumers(outputs: list[Tensor]) -> dict[Any, list[Any]]:
     return consumers
 
 
-def _probe(model: nn.Module, args: tuple, dropouts: dict[str, nn.Module]) -> _Probe:
+def _probe(
+    model: nn.Module, args: tuple, dropouts: dict[str, nn.Module], paths: list[str]
+) -> _Probe:
     probe = _Probe()
     bns = _batchnorms(model)
     saved: list[Tensor] = []
@@ -330,7 +332,7 @@ def _probe(model: nn.Module, args: tuple, dropouts: dict[str, nn.Module]) -> _Pr
                 # A tensor saved for backward and then overwritten in place makes
                 # backward raise "modified by an inplace operation".
                 if any(s.untyped_storage().data_ptr() == pointer for s in saved):
-                    producer = calls[-2] if len(calls) > 1 else "the previous op"
+                    producer = f"'{calls[-2]}'" if len(calls) > 1 else "the previous op"
                     probe.overwrites_saved.setdefault(name, producer)
 
         return hook
@@ -349,9 +351,8 @@ def _probe(model: nn.Module, args: tuple, dropouts: dict[str, nn.Module]) -> _Pr
     for name, module in model.named_modules():
         if not list(module.children()) or name in dropouts:
             handles.append(module.register_forward_pre_hook(called(_display_name(name))))
-    for name, module in dropouts.items():
-        if type(module).__name__ in _DROP_PATH_NAMES:
-            handles.append(module.register_forward_hook(mark_output(name)))
+    for name in paths:
+        handles.append(model.get_submodule(name).register_forward_hook(mark_output(name)))
     for name, bn in bns:
 
         def record(module: nn.Module, inputs: tuple, name: str = name) -> None:
@@ -464,6 +465,7 @@ def _batchnorm_findings(
     args: Optional[tuple],
     dropouts: dict[str, nn.Module],
     probe: Optional[_Probe],
+    shift: dict[str, float],
 ) -> list[Finding]:
     bns = _batchnorms(model)
     if not bns:
@@ -471,13 +473,13 @@ def _batchnorm_findings(
     bn_names = {_display_name(n) for n, _ in bns}
     if probe is not None:
         order = probe.order
-        how = "runs before"
+        how, note = "runs before", ""
     else:
         order = [_display_name(n) for n, _ in model.named_modules()]
-        how = "is registered before (pass example_input to confirm and measure)"
+        how = "is registered before"
+        note = " Order taken from registration; pass example_input to confirm and measure."
     position = {name: i for i, name in enumerate(order)}
     ratio: dict[str, float] = {}
-    shift: dict[str, float] = {}
     if probe is not None and args is not None:
         no_dropout = _no_dropout_variances(model, args, dropouts)
         for name, train_var in probe.train_variances.items():
@@ -485,7 +487,6 @@ def _batchnorm_findings(
                 ratio[_display_name(name)] = (
                     train_var / no_dropout[name].clamp_min(1e-12)
                 ).mean().item()
-        shift = variance_shift(model, args)
     findings = []
     for name, module in dropouts.items():
         where = _display_name(name)
@@ -500,7 +501,7 @@ def _batchnorm_findings(
         if first in ratio:
             measured["train_test_variance_ratio"] = ratio[first]
             details += (
-                f" Measured at {first}: its input variance with dropout on is "
+                f" Measured at '{first}': its input variance with dropout on is "
                 f"{ratio[first]:.2f}x the variance with dropout off."
             )
         if first in shift:
@@ -509,9 +510,9 @@ def _batchnorm_findings(
         more = f" (and {len(after) - 1} more)" if len(after) > 1 else ""
         findings.append(Finding(
             "warning", "dropout-before-batchnorm", where,
-            f"dropout {how} BatchNorm {first}{more}: BN learns the variance of noisy "
+            f"dropout {how} BatchNorm '{first}'{more}: BN learns the variance of noisy "
             f"activations but sees noise-free ones at inference (variance shift, Li et al. "
-            f"2019).{details}",
+            f"2019).{details}{note}",
             "move dropout after the last BatchNorm (e.g. only before the classifier), or "
             "call dropkit.recalibrate_batchnorm(model, train_loader) after training.",
             measured,
@@ -564,8 +565,7 @@ def _eval_randomness_findings(model: nn.Module, args: tuple) -> list[Finding]:
     )]
 
 
-def _drop_path_findings(dropouts: dict[str, nn.Module], probe: Optional[_Probe]) -> list[Finding]:
-    paths = [n for n, m in dropouts.items() if type(m).__name__ in _DROP_PATH_NAMES]
+def _drop_path_findings(paths: list[str], probe: Optional[_Probe]) -> list[Finding]:
     if not paths:
         return []
     if probe is None:
@@ -628,17 +628,22 @@ def check(model: nn.Module, example_input: Optional[ExampleInput] = None) -> lis
     """
     model = _validate_model(model, "check")
     dropouts = {name: module for name, module in _dropout_layers(model)}
+    # DropPath is checked whoever wrote it: dropkit's, timm's, torchvision's StochasticDepth.
+    paths = [n for n, m in model.named_modules() if type(m).__name__ in _DROP_PATH_NAMES]
     findings = _rate_findings(dropouts) + _eval_mode_findings(dropouts, model)
     args = None if example_input is None else _example_args(example_input)
     if args is None:
         findings += _inplace_findings(model, dropouts, None)
-        findings += _batchnorm_findings(model, None, dropouts, None)
-        findings += _drop_path_findings(dropouts, None)
+        findings += _batchnorm_findings(model, None, dropouts, None, {})
+        findings += _drop_path_findings(paths, None)
     else:
+        # Before any probe: the probes run BN in training mode, which moves (and,
+        # until restored, spoils) the running statistics this measures.
+        shift = variance_shift(model, args)
         with _preserved(model, args):
-            probe = _probe(model, args, dropouts)
+            probe = _probe(model, args, dropouts, paths)
             findings += _inplace_findings(model, dropouts, probe)
-            findings += _batchnorm_findings(model, args, dropouts, probe)
-            findings += _drop_path_findings(dropouts, probe)
+            findings += _batchnorm_findings(model, args, dropouts, probe, shift)
+            findings += _drop_path_findings(paths, probe)
             findings += _eval_randomness_findings(model, args)
     return sorted(findings, key=lambda f: _SEVERITY_ORDER[f.severity])
