@@ -359,8 +359,12 @@ def ablation_curve(
         return output * keep.to(output.device, output.dtype).view(shape)
 
     with _EvalMode(model):
-        probe = {}
-        handle = module.register_forward_hook(lambda m, i, o: probe.setdefault("shape", o.shape))
+        probe: dict[str, torch.Size] = {}
+
+        def record_shape(m: nn.Module, inputs: tuple, output: Tensor) -> None:
+            probe.setdefault("shape", output.shape)
+
+        handle = module.register_forward_hook(record_shape)
         try:
             first_x, _ = next(iter(_batches(data, batch_size, caller)))
             model(first_x)
