@@ -238,3 +238,12 @@ def test_recalibrate_rejects_models_and_loaders_it_cannot_use():
         dropkit.recalibrate_batchnorm(model, ["batch"])
     with pytest.raises(ValueError, match="num_batches has to be .* but got 0"):
         dropkit.recalibrate_batchnorm(model, [torch.randn(4, 16)], num_batches=0)
+
+
+def test_check_restores_running_statistics_of_other_norm_layers():
+    model = nn.Sequential(
+        nn.Conv1d(3, 4, 3), nn.Dropout1d(0.2), nn.InstanceNorm1d(4, track_running_stats=True)
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dropkit.check(model, torch.randn(8, 3, 10))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())

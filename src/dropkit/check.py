@@ -100,12 +100,11 @@ def _batchnorms(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
 
 @contextlib.contextmanager
 def _preserved(model: nn.Module, args: tuple) -> Iterator[None]:
-    """Run probes without leaving a trace: training flags, BN buffers and RNG are restored."""
+    """Run probes without leaving a trace: training flags, buffers and RNG are restored."""
     flags = [(m, m.training) for m in model.modules()]
-    buffers = {
-        id(bn): {k: v.clone() for k, v in bn._buffers.items() if v is not None}
-        for _, bn in _batchnorms(model)
-    }
+    # Every buffer, not only BatchNorm's: training-mode passes also move the running
+    # statistics of InstanceNorm(track_running_stats=True) and of user modules.
+    buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
     devices = sorted({t.device.index or 0 for t in _tensors(args) if t.device.type == "cuda"})
     try:
         with torch.random.fork_rng(devices=devices):
@@ -113,9 +112,9 @@ def _preserved(model: nn.Module, args: tuple) -> Iterator[None]:
     finally:
         for module, training in flags:
             module.training = training
-        for _, bn in _batchnorms(model):
-            for k, v in buffers[id(bn)].items():
-                bn._buffers[k].copy_(v)
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
 
 
 def _run(model: nn.Module, args: tuple) -> Any:
