@@ -4,8 +4,9 @@ The public API is flat: ``dropkit.Dropout``, ``dropkit.functional.dropout``,
 ``dropkit.random`` (the Philox contract).
 """
 
-from dropkit import distributed as distributed
-from dropkit import functional, random
+from dropkit import analysis, distributed, functional, random, schedule
+from dropkit.check import Finding, check, recalibrate_batchnorm, variance_shift
+from dropkit.convert import Conversion, convert, set_p
 from dropkit.losses import r_drop_loss
 from dropkit.nn import (
     AlphaDropout,
@@ -55,4 +56,13 @@ __all__ = [
     "Zoneout",
     "losses",
     "r_drop_loss",
+    "Conversion",
+    "Finding",
+    "analysis",
+    "check",
+    "convert",
+    "recalibrate_batchnorm",
+    "schedule",
+    "set_p",
+    "variance_shift",
 ]
