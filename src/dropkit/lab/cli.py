@@ -20,7 +20,8 @@ lab = typer.Typer(
 )
 app.add_typer(lab, name="lab")
 
-_console = Console()
+# Not a terminal (CI logs, pipes): wide enough that the comparison table is not squeezed.
+_console = Console(width=None if sys.stdout.isatty() else 160)
 _errors = Console(stderr=True)
 
 _STORE_HELP = (

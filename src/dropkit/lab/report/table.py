@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from dropkit.lab.summary import ExperimentSummary, Stat
@@ -19,7 +20,7 @@ def comparison_table(summary: ExperimentSummary) -> Table:
     metric = summary.metric
     target = "-" if summary.target is None else f"{summary.target:.4f}"
     table = Table(
-        title=f"{summary.experiment.name} ({summary.task.name}; mean ± s.e. over seeds)",
+        title=f"{escape(summary.experiment.name)} ({summary.task.name}; mean ± s.e. over seeds)",
         caption=f"gap = train - test {metric} (test - train for rmse); target {metric} = {target}",
     )
     for column in ("variant", "p", "seeds", f"train {metric}", f"test {metric}", "gap",
@@ -27,7 +28,7 @@ def comparison_table(summary: ExperimentSummary) -> Table:
         table.add_column(column, justify="left" if column == "variant" else "right")
     for group in summary.groups:
         table.add_row(
-            group.variant,
+            escape(group.variant),
             f"{group.p:g}",
             str(len(group.runs)),
             _cell(group.train),

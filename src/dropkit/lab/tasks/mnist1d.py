@@ -49,7 +49,7 @@ class Mnist1d(Task):
     defaults = {
         "rates": [0.0, 0.2, 0.5],
         "seeds": [0, 1],
-        "epochs": 40,
+        "epochs": 30,
         "batch_size": 100,
         "lr": 1e-3,
         "weight_decay": 0.0,
