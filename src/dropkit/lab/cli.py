@@ -12,6 +12,7 @@ from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(help="dropkit: dropout for PyTorch.", no_args_is_help=True, add_completion=False)
 lab = typer.Typer(
@@ -32,7 +33,8 @@ StoreOption = typer.Option(None, "--store", help=_STORE_HELP, dir_okay=False)
 
 
 def _fail(message: str) -> NoReturn:
-    _errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    # Escaped: messages quote user input such as "[training]", which rich would eat as markup.
+    _errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
