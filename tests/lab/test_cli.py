@@ -111,3 +111,29 @@ def test_python_dash_m_dropkit_is_the_same_cli():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "report" in result.stdout and "export" in result.stdout
+
+
+def test_task_with_absent_data_says_where_to_put_it(tmp_path, monkeypatch):
+    from dropkit.lab import tasks
+
+    class Absent(tasks.Task):
+        name = "absent-data"
+        description = "a task whose files are missing"
+        defaults = {"rates": [0.0], "seeds": [0], "epochs": 1, "batch_size": 1, "lr": 0.1,
+                    "weight_decay": 0.0}
+
+        def data_status(self, data_dir):
+            folder = (data_dir or tmp_path) / "absent"
+            return tasks.DataStatus(False, str(folder),
+                                    f"put train.gz into {folder} or pass --data-dir")
+
+    tasks.available_tasks()  # discover the real tasks first, then add this one
+    monkeypatch.setitem(tasks._REGISTRY, "absent-data", Absent())
+    store = tmp_path / "store" / "s.sqlite"
+    result = _lab("run", "absent-data", "--data-dir", tmp_path, "--store", store)
+    assert result.exit_code == 2
+    output = result.output.replace("\n", "")
+    assert f"put train.gz into {tmp_path / 'absent'} or pass --data-dir" in output
+    assert not store.parent.exists()
+    listed = _lab("tasks", "--data-dir", tmp_path)
+    assert "MISSING" in listed.output
