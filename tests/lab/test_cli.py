@@ -137,3 +137,12 @@ def test_task_with_absent_data_says_where_to_put_it(tmp_path, monkeypatch):
     assert not store.parent.exists()
     listed = _lab("tasks", "--data-dir", tmp_path)
     assert "MISSING" in listed.output
+
+
+def test_missing_lab_extra_gives_an_install_hint():
+    code = ("import sys; sys.modules['typer'] = None\n"
+            "from dropkit.lab import main\nmain()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert "needs the lab extra (typer is missing): pip install 'dropkit[lab]'" in result.stderr

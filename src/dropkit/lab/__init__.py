@@ -5,3 +5,16 @@ Layers (each its own module): ``tasks`` (data + model), ``train`` (the loop),
 measurements and the adapter to optional dropkit modules), ``summary``
 (aggregation), ``report`` (HTML), ``cli`` (command line).
 """
+
+
+def main() -> None:
+    """Entry point of the ``dropkit`` command and ``python -m dropkit``."""
+    try:
+        from dropkit.lab.cli import main as cli_main
+    except ModuleNotFoundError as error:
+        # The core library needs only torch; the command line comes with the lab extra.
+        raise SystemExit(
+            f"the dropkit command line needs the lab extra ({error.name} is missing): "
+            "pip install 'dropkit[lab]'"
+        ) from None
+    cli_main()

@@ -138,9 +138,10 @@ def summarise(store: RunStore, experiment: ExperimentRecord) -> ExperimentSummar
                      if _reaches(task, e[f"test_{metric}"], summary.target)),
                     None,
                 )
-                if hit is not None:
-                    firsts.append(hit)
-            group.reached_target = len(firsts)
+                # A run that never reaches the target counts as one epoch past its end: a
+                # lower bound, so slow runs pull the mean up instead of dropping out of it.
+                firsts.append(len(run.epochs) + 1 if hit is None else hit)
+                group.reached_target += hit is not None
             group.epochs_to_target = Stat.of(firsts)
     unfinished = [r.record.key for r in results if not r.finished]
     if unfinished:

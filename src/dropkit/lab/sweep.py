@@ -68,7 +68,7 @@ def run_experiment(
 ) -> SweepResult:
     """Train every run of ``config`` that the store does not hold finished yet."""
     # Intra-op threads barely help models this small and, on a shared machine, made
-    # epochs 5-15x slower in our measurements; config.threads (default 1) decides.
+    # epochs 5-18x slower in our measurements; config.threads (default 1) decides.
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:

@@ -245,8 +245,8 @@ def evaluate_claims(summary: ExperimentSummary) -> list[Claim]:
         _compare_claim(
             summary, "Dropout may slow convergence",
             f"epochs until test {metric} first reaches the common target "
-            f"({'-' if summary.target is None else f'{summary.target:.4g}'}); "
-            "supported when a p>0 needs more epochs",
+            f"({'-' if summary.target is None else f'{summary.target:.4g}'}; a run that never "
+            "reaches it counts as its length + 1); supported when a p>0 needs more epochs",
             lambda g: g.epochs_to_target, 1.0,
         ),
         _batchnorm(summary),

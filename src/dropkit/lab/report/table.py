@@ -21,7 +21,8 @@ def comparison_table(summary: ExperimentSummary) -> Table:
     target = "-" if summary.target is None else f"{summary.target:.4f}"
     table = Table(
         title=f"{escape(summary.experiment.name)} ({summary.task.name}; mean ± s.e. over seeds)",
-        caption=f"gap = train - test {metric} (test - train for rmse); target {metric} = {target}",
+        caption=f"gap = train - test {metric} (test - train for rmse); target {metric} = {target}"
+        " (a run that never reaches it counts as its epochs + 1)",
     )
     for column in ("variant", "p", "seeds", f"train {metric}", f"test {metric}", "gap",
                    "test loss", "s/epoch", "epochs to target"):
