@@ -167,9 +167,11 @@ def mc_vs_weight_scaling(
 
 def _follows_dropout(model: nn.Module) -> dict[str, bool]:
     # Registration order approximates execution order for the lab's sequential models.
+    # Structural (any p, even 0), so the same layer keeps one label across a sweep over p.
+    stochastic = {id(layer) for layer in dropout_layers(model)}
     seen_dropout, after = False, {}
     for name, module in model.named_modules():
-        if module in dropout_layers(model) and getattr(module, "p", 0) > 0:
+        if id(module) in stochastic:
             seen_dropout = True
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             after[name] = seen_dropout
