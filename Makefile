@@ -25,13 +25,13 @@ $(VENV)/.dev-installed: pyproject.toml setup.py | $(BIN)/python
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed
-	$(BIN)/python examples/digits_demo.py
+	$(BIN)/dropkit lab run mnist1d --name demo --report report.html
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_dropout.py

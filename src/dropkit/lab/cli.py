@@ -1,0 +1,276 @@
+"""``dropkit lab ...``: parse the command line and delegate; no logic of its own.
+
+Exit codes: 0 success, 2 bad input (unknown task or experiment, bad rate,
+missing data, malformed TOML, conflicting config) with nothing written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+app = typer.Typer(help="dropkit: dropout for PyTorch.", no_args_is_help=True, add_completion=False)
+lab = typer.Typer(
+    help="Train with and without dropout on real tasks, record every run, report the claims.",
+    no_args_is_help=True,
+)
+app.add_typer(lab, name="lab")
+
+# Not a terminal (CI logs, pipes): wide enough that the comparison table is not squeezed.
+_console = Console(width=None if sys.stdout.isatty() else 160)
+_errors = Console(stderr=True)
+
+_STORE_HELP = (
+    "SQLite run store. Default: $DROPKIT_HOME/lab.sqlite, else the platform's user data dir "
+    "(see `dropkit lab list`)."
+)
+StoreOption = typer.Option(None, "--store", help=_STORE_HELP, dir_okay=False)
+
+
+def _fail(message: str) -> NoReturn:
+    # Escaped: messages quote user input such as "[training]", which rich would eat as markup.
+    _errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _numbers(text: Optional[str], name: str, kind: type) -> Optional[list]:
+    if text is None:
+        return None
+    try:
+        return [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        _fail(
+            f"--{name} has to be comma-separated {kind.__name__}s like 0,0.2,0.5, but got {text!r}"
+        )
+
+
+def _store_path(store: Optional[Path]) -> Path:
+    from dropkit.lab.store import default_store_path
+
+    return store if store is not None else default_store_path()
+
+
+def _open_existing(store: Optional[Path]):
+    from dropkit.lab.store import open_store
+
+    path = _store_path(store)
+    if not path.exists():
+        _fail(f"no run store at {str(path)!r}; run `dropkit lab run TASK` first or pass --store")
+    return open_store(path)
+
+
+def _experiment(handle, name: str):
+    experiment = handle.get_experiment(name)
+    if experiment is None:
+        known = [e.name for e in handle.experiments()]
+        _fail(f"unknown experiment {name!r}; the store holds {known}")
+    return experiment
+
+
+def _write_report(handle, experiment, output: Path) -> None:
+    from dropkit.lab.report.html import write_report
+
+    path = write_report(handle, experiment, output)
+    _console.print(f"report written to {path.resolve()}", highlight=False)
+
+
+@lab.command()
+def run(
+    task: Optional[str] = typer.Argument(None, help="Task name (see `dropkit lab tasks`)."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="TOML experiment file; flags given here override it."
+    ),
+    name: Optional[str] = typer.Option(
+        None, "--name", "-n", help="Experiment name (default: the task name). Re-running a name "
+        "resumes it: finished runs are skipped, unfinished ones continue from their last epoch."
+    ),
+    rates: Optional[str] = typer.Option(None, help="Dropout rates p, comma-separated: 0,0.2,0.5."),
+    seeds: Optional[str] = typer.Option(None, help="Seeds, comma-separated: 0,1."),
+    variants: Optional[str] = typer.Option(
+        None, help="Dropout variants, comma-separated (standard, elementwise)."
+    ),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per run."),
+    batch_size: Optional[int] = typer.Option(None, help="Minibatch size."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
+    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay."),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default 1)."),
+    mc_samples: Optional[int] = typer.Option(
+        None, help="Stochastic passes for MC averaging vs weight scaling (default 10)."
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Folder with the task's data files (default: $DROPKIT_DATA)."
+    ),
+    store: Optional[Path] = StoreOption,
+    report: Optional[Path] = typer.Option(
+        None, "--report", "-o", help="Also write the HTML report to this path."
+    ),
+    progress: bool = typer.Option(True, help="Show progress bars with ETA."),
+) -> None:
+    """Train a grid of variants x rates x seeds on one task, then print the comparison table."""
+    from dropkit.lab.config import ConfigError, build_config
+    from dropkit.lab.report.table import comparison_table
+    from dropkit.lab.store import ConfigConflictError, open_store
+    from dropkit.lab.summary import summarise
+    from dropkit.lab.sweep import run_experiment
+
+    try:
+        experiment_config = build_config(
+            task, config, name=name, rates=_numbers(rates, "rates", float),
+            seeds=_numbers(seeds, "seeds", int),
+            variants=None if variants is None else [v.strip() for v in variants.split(",")],
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            threads=threads, mc_samples=mc_samples,
+            data_dir=None if data_dir is None else str(data_dir),
+        )
+    except ConfigError as error:
+        _fail(str(error))
+    path = _store_path(store)
+    with open_store(path) as handle:
+        existing = handle.get_experiment(experiment_config.name)
+        if existing is not None and existing.task != experiment_config.task:
+            _fail(f"experiment {experiment_config.name!r} exists for task {existing.task!r}, "
+                  f"not {experiment_config.task!r}; choose another --name")
+        try:
+            result = run_experiment(handle, experiment_config, show_progress=progress)
+        except ConfigConflictError as error:
+            _fail(str(error))
+        _console.print(
+            f"store {path}: trained {len(result.trained)}, resumed {len(result.resumed)}, "
+            f"already finished {len(result.skipped)} run(s) in {result.seconds:.1f} s",
+            highlight=False,
+        )
+        experiment = handle.get_experiment(experiment_config.name)
+        _console.print(comparison_table(summarise(handle, experiment)))
+        if report is not None:
+            _write_report(handle, experiment, report)
+
+
+@lab.command("list")
+def list_experiments(store: Optional[Path] = StoreOption) -> None:
+    """List the experiments in the store with their run counts."""
+    from rich.table import Table
+
+    path = _store_path(store)
+    _console.print(f"store: {path}", highlight=False)
+    if not path.exists():
+        _console.print("(empty: no run store yet)")
+        return
+    with _open_existing(store) as handle:
+        table = Table("experiment", "task", "runs", "finished")
+        for experiment in handle.experiments():
+            runs = handle.runs(experiment.id)
+            finished = sum(r.status == "finished" for r in runs)
+            table.add_row(experiment.name, experiment.task, str(len(runs)), str(finished))
+        _console.print(table)
+
+
+@lab.command()
+def show(
+    experiment: str = typer.Argument(..., help="Experiment name."),
+    store: Optional[Path] = StoreOption,
+) -> None:
+    """Show an experiment's exact config and every run's status and last epoch."""
+    import json
+
+    from rich.table import Table
+
+    with _open_existing(store) as handle:
+        record = _experiment(handle, experiment)
+        _console.print(f"experiment {record.name} (task {record.task})", highlight=False)
+        _console.print_json(json.dumps(record.config))
+        table = Table("run", "status", "epochs", "last epoch metrics")
+        for run in handle.runs(record.id):
+            epochs = handle.epochs(run.id)
+            last = "" if not epochs else ", ".join(
+                f"{k}={v:.4g}" for k, v in epochs[-1].items() if k != "epoch"
+            )
+            table.add_row(run.key, run.status, f"{len(epochs)}/{run.config['epochs']}", last)
+        _console.print(table)
+
+
+@lab.command()
+def compare(
+    experiment: str = typer.Argument(..., help="Experiment name."),
+    store: Optional[Path] = StoreOption,
+) -> None:
+    """Print the comparison table (mean ± standard error over seeds) of an experiment."""
+    from dropkit.lab.report.table import comparison_table
+    from dropkit.lab.summary import summarise
+
+    with _open_existing(store) as handle:
+        _console.print(comparison_table(summarise(handle, _experiment(handle, experiment))))
+
+
+@lab.command()
+def report(
+    experiment: str = typer.Argument(..., help="Experiment name."),
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="HTML file to write."),
+    store: Optional[Path] = StoreOption,
+) -> None:
+    """Write one self-contained HTML report (plots embedded, works offline)."""
+    with _open_existing(store) as handle:
+        _write_report(handle, _experiment(handle, experiment), output)
+
+
+@lab.command()
+def export(
+    experiment: str = typer.Argument(..., help="Experiment name."),
+    output: Path = typer.Option(
+        Path("metrics.csv"), "--output", "-o", help="CSV file: one row per run and epoch."
+    ),
+    tensorboard: Optional[Path] = typer.Option(
+        None, help="Also write TensorBoard event files into this folder (needs tensorboard)."
+    ),
+    store: Optional[Path] = StoreOption,
+) -> None:
+    """Export per-epoch metrics as CSV (and TensorBoard event files)."""
+    from dropkit.lab.export import export_csv, export_tensorboard, tensorboard_available
+
+    if tensorboard is not None and not tensorboard_available():
+        _fail("--tensorboard needs the tensorboard package: pip install tensorboard")
+    with _open_existing(store) as handle:
+        record = _experiment(handle, experiment)
+        rows = export_csv(handle, record, output)
+        _console.print(f"{rows} rows written to {output.resolve()}", highlight=False)
+        if tensorboard is not None:
+            runs = export_tensorboard(handle, record, tensorboard)
+            _console.print(f"{runs} runs written to {tensorboard.resolve()}", highlight=False)
+
+
+@lab.command()
+def tasks(
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Folder to look for data files in (default: $DROPKIT_DATA)."
+    ),
+) -> None:
+    """List the tasks, what each trains, and whether its data is present."""
+    import os
+
+    from rich.table import Table
+
+    from dropkit.lab.tasks import available_tasks
+
+    folder = data_dir or (Path(os.environ["DROPKIT_DATA"]) if os.environ.get("DROPKIT_DATA")
+                          else None)
+    table = Table("task", "kind", "metric", "data", "description")
+    for name, task in available_tasks().items():
+        status = task.data_status(folder)
+        data = f"present ({status.location})" if status.present else (
+            f"MISSING at {status.location}: {status.hint}"
+        )
+        table.add_row(name, task.kind, task.metric, data, task.description)
+    _console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point (``dropkit``) and ``python -m dropkit``."""
+    app(prog_name="dropkit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

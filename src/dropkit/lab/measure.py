@@ -1,0 +1,338 @@
+"""Final measurements of a trained run, and the ONE adapter to dropkit's optional modules.
+
+Measured here directly, on the lab's own models:
+
+* unit-ablation robustness: the test metric as a growing fraction of the
+  hidden units feeding ``model.head`` is zeroed (the same units for every
+  example: team members who leave);
+* MC averaging vs weight scaling: the test metric of the eval-mode network
+  (weight scaling, Srivastava et al., 2014 s.10) against the average of T
+  stochastic passes with only the dropout layers in train mode;
+* BatchNorm variance shift (Li et al., 2019): for every BatchNorm layer, the
+  variance it normalises with (running, learnt with dropout on) over the
+  variance its input has at test time (dropout off).
+
+Delegated to library modules that may not exist yet (``dropkit.analysis``,
+``dropkit.check``, ``dropkit.mc``, ``dropkit.metrics``): every such call lives
+in the ``_library_*`` functions below, so a renamed API is fixed here only.
+When a module or name is missing the measurement is recorded as
+``{"not_measured": "<why>"}`` and the report says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dropkit.lab.tasks import Task, TaskData
+
+__all__ = [
+    "ABLATION_FRACTIONS",
+    "ablation_curve",
+    "bn_variance_shift",
+    "dropout_layers",
+    "final_measurements",
+    "hidden_activations",
+    "mc_vs_weight_scaling",
+    "not_measured",
+]
+
+ABLATION_FRACTIONS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+_EVAL_BATCH = 512
+
+
+def not_measured(reason: str) -> dict:
+    return {"not_measured": reason}
+
+
+def dropout_layers(model: nn.Module) -> list[nn.Module]:
+    """Stochastic layers: torch.nn dropout (dropkit's standard ones subclass it) and dropkit.nn."""
+    found = []
+    for module in model.modules():
+        is_dropkit = type(module).__module__.startswith("dropkit.nn") and hasattr(module, "p")
+        if isinstance(module, nn.modules.dropout._DropoutNd) or is_dropkit or getattr(
+            module, "dropkit_stochastic", False
+        ):
+            found.append(module)
+    return found
+
+
+@contextlib.contextmanager
+def _mc_mode(model: nn.Module) -> Iterator[nn.Module]:
+    # Only dropout samples; BatchNorm keeps its running statistics (eval mode).
+    was_training = model.training
+    model.eval()
+    for layer in dropout_layers(model):
+        layer.train()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, x: Tensor) -> Tensor:
+    return torch.cat([model(chunk) for chunk in x.split(_EVAL_BATCH)])
+
+
+@torch.no_grad()
+def hidden_activations(model: nn.Module, x: Tensor) -> Tensor:
+    """The eval-mode input of ``model.head`` (the last hidden representation), ``(N, units)``."""
+    captured: list[Tensor] = []
+    handle = model.head.register_forward_pre_hook(lambda _, inputs: captured.append(inputs[0]))
+    try:
+        model.eval()
+        _outputs(model, x)
+    finally:
+        handle.remove()
+    return torch.cat(captured).flatten(1)
+
+
+@torch.no_grad()
+def ablation_curve(
+    task: Task,
+    model: nn.Module,
+    data: TaskData,
+    fractions: Sequence[float] = ABLATION_FRACTIONS,
+    repeats: int = 5,
+    seed: int = 0,
+) -> dict:
+    """Test metric when a fraction of ``model.head``'s input units is zeroed, averaged over draws.
+
+    No rescaling of the survivors: this is removal, not dropout, so it shows
+    how much the network relies on any particular unit.
+    """
+    model.eval()
+    units = model.head.in_features
+    generator = torch.Generator().manual_seed(seed)
+    curve = []
+    for fraction in fractions:
+        scores = []
+        for _ in range(repeats if fraction > 0 else 1):
+            keep = torch.ones(units)
+            keep[torch.randperm(units, generator=generator)[: round(fraction * units)]] = 0
+            handle = model.head.register_forward_pre_hook(lambda _, i, k=keep: (i[0] * k,))
+            try:
+                outputs = _outputs(model, data.x_test)
+            finally:
+                handle.remove()
+            scores.append(task.score(outputs, data.y_test, data.y_scale))
+        curve.append(sum(scores) / len(scores))
+    return {"fractions": list(fractions), "metric": curve}
+
+
+def _combine(task: Task, samples: list[Tensor]) -> Tensor:
+    if task.kind == "classification":
+        # The ensemble averages predictive distributions, then we score the mean.
+        return torch.stack([s.softmax(-1) for s in samples]).mean(0).log()
+    return torch.stack(samples).mean(0)
+
+
+@torch.no_grad()
+def mc_vs_weight_scaling(
+    task: Task, model: nn.Module, data: TaskData, samples: int, seed: int = 0
+) -> dict:
+    """Test metric of weight scaling, of single stochastic passes, and of MC averages of T passes.
+
+    ``mc[T]`` averages the first T passes for T in 1, 2, 5, 10, ... up to
+    ``samples``, so one set of passes gives the whole convergence curve.
+    """
+    if not any(layer.p > 0 for layer in dropout_layers(model)):
+        return not_measured("the model has no active dropout (p = 0)")
+    model.eval()
+    weight_scaling = task.score(_outputs(model, data.x_test), data.y_test, data.y_scale)
+    torch.manual_seed(seed)
+    passes: list[Tensor] = []
+    with _mc_mode(model):
+        for _ in range(samples):
+            passes.append(_outputs(model, data.x_test))
+    checkpoints = sorted({t for t in (1, 2, 5, 10, 20, 50, 100, samples) if t <= samples})
+    mc = {str(t): task.score(_combine(task, passes[:t]), data.y_test, data.y_scale)
+          for t in checkpoints}
+    single = [task.score(out, data.y_test, data.y_scale) for out in passes]
+    return {
+        "weight_scaling": weight_scaling,
+        "single_pass_mean": sum(single) / len(single),
+        "single_pass_std": float(torch.tensor(single).std()) if len(single) > 1 else 0.0,
+        "mc": mc,
+        "samples": samples,
+    }
+
+
+def _follows_dropout(model: nn.Module) -> dict[str, bool]:
+    # Registration order approximates execution order for the lab's sequential models.
+    # Structural (any p, even 0), so the same layer keeps one label across a sweep over p.
+    stochastic = {id(layer) for layer in dropout_layers(model)}
+    seen_dropout, after = False, {}
+    for name, module in model.named_modules():
+        if id(module) in stochastic:
+            seen_dropout = True
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            after[name] = seen_dropout
+    return after
+
+
+@torch.no_grad()
+def bn_variance_shift(model: nn.Module, x: Tensor) -> list[dict]:
+    """Per BatchNorm layer: mean over channels of running_var / test-time input variance."""
+    layers = {
+        n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }
+    if not layers:
+        return []
+    inputs: dict[str, list[Tensor]] = {name: [] for name in layers}
+    handles = [
+        module.register_forward_pre_hook(lambda _, i, n=name: inputs[n].append(i[0]))
+        for name, module in layers.items()
+    ]
+    try:
+        model.eval()
+        _outputs(model, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    after = _follows_dropout(model)
+    result = []
+    for name, module in layers.items():
+        activations = torch.cat(inputs[name]).transpose(0, 1).flatten(1)
+        test_var = activations.var(1, unbiased=False).clamp_min(1e-12)
+        ratio = (module.running_var / test_var).mean().item()
+        result.append({"layer": name, "after_dropout": after[name], "ratio": ratio})
+    return result
+
+
+# --- adapter to optional dropkit modules -------------------------------------------
+
+
+def _optional(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+def _attempt(what: str, call: Callable[[], Any]) -> Any:
+    # The library modules are written in parallel; a name or signature that does not
+    # match yet becomes an explicit "not measured" rather than a crash or a fake number.
+    try:
+        return call()
+    except (AttributeError, TypeError, NotImplementedError) as error:
+        return not_measured(f"{what} failed: {type(error).__name__}: {error}")
+
+
+def _plain(value: Any) -> Any:
+    """Turn a library result (dataclass, namedtuple, tensor, dict) into JSON-able numbers."""
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "_asdict"):
+        return _plain(value._asdict())
+    if hasattr(value, "__dataclass_fields__"):
+        return _plain({k: getattr(value, k) for k in value.__dataclass_fields__})
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _library_co_adaptation(activations: Tensor) -> dict:
+    analysis = _optional("dropkit.analysis")
+    if analysis is None:
+        return not_measured("dropkit.analysis not available")
+    return _attempt(
+        "dropkit.analysis.co_adaptation",
+        lambda: _plain(analysis.co_adaptation(activations)),
+    )
+
+
+def _library_check(model: nn.Module, example: Tensor) -> Any:
+    dropkit = importlib.import_module("dropkit")
+    check = getattr(dropkit, "check", None)
+    if check is None:
+        return not_measured("dropkit.check not available")
+
+    def findings() -> list[dict]:
+        return [
+            {
+                "severity": str(getattr(f, "severity", "")),
+                "message": str(getattr(f, "message", f)),
+                "fix": str(getattr(f, "fix", "")),
+            }
+            for f in check(model, example)
+        ]
+
+    return _attempt("dropkit.check", findings)
+
+
+def _library_uncertainty(task: Task, model: nn.Module, data: TaskData, samples: int, seed: int,
+                         tau: float) -> dict:
+    mc, metrics = _optional("dropkit.mc"), _optional("dropkit.metrics")
+    if mc is None or metrics is None:
+        missing = [n for n, m in (("dropkit.mc", mc), ("dropkit.metrics", metrics)) if m is None]
+        return not_measured(f"{' and '.join(missing)} not available")
+    model.eval()
+
+    def classification() -> dict:
+        result = mc.predict(model, data.x_test, samples=samples, seed=seed, task="classification")
+        probs, y = result.mean, data.y_test
+        return {
+            "nll": _plain(metrics.nll(probs, y)),
+            "brier": _plain(metrics.brier(probs, y)),
+            "ece": _plain(metrics.ece(probs, y)),
+            "selective": _plain(metrics.selective_prediction(probs, y, result.predictive_entropy)),
+        }
+
+    def regression() -> dict:
+        result = mc.predict(model, data.x_test, samples=samples, seed=seed, task="regression",
+                            tau=tau)
+        mean, variance = result.mean.squeeze(-1), result.variance.squeeze(-1)
+        scale = data.y_scale
+        return {
+            "rmse": _plain(metrics.rmse(mean * scale, data.y_test * scale)),
+            "log_likelihood": _plain(metrics.gaussian_log_likelihood(
+                mean * scale, variance * scale**2, data.y_test * scale)),
+            "coverage_95": _plain(metrics.interval_coverage(
+                mean, variance, data.y_test, level=0.95)),
+        }
+
+    what = "dropkit.mc.predict / dropkit.metrics"
+    return _attempt(what, classification if task.kind == "classification" else regression)
+
+
+# --- everything for one finished run -------------------------------------------------
+
+
+def final_measurements(
+    task: Task, model: nn.Module, data: TaskData, *, seed: int, mc_samples: int
+) -> dict[str, Any]:
+    """All end-of-run measurements, keyed by name, JSON-able."""
+    measurements: dict[str, Any] = {
+        "ablation": ablation_curve(task, model, data, seed=seed),
+        "mc_vs_weight_scaling": mc_vs_weight_scaling(task, model, data, mc_samples, seed=seed),
+        "bn_variance_shift": bn_variance_shift(model, data.x_test),
+        "co_adaptation": _library_co_adaptation(hidden_activations(model, data.x_test)),
+        "check": _library_check(model, data.x_test[:64]),
+    }
+    if task.uncertainty:
+        # Gaussian noise precision for MC regression: the inverse of the training residual
+        # variance (standardised units), a plug-in estimate instead of a grid search.
+        tau = 0.0
+        if task.kind == "regression":
+            model.eval()
+            residual = _outputs(model, data.x_train).squeeze(-1) - data.y_train
+            tau = 1.0 / max(residual.pow(2).mean().item(), 1e-6)
+        measurements["uncertainty"] = _library_uncertainty(
+            task, model, data, mc_samples, seed, tau
+        )
+    model.eval()
+    return measurements

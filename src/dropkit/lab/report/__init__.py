@@ -1,0 +1,1 @@
+"""Presentation: the comparison table and the self-contained HTML report."""

@@ -1,0 +1,44 @@
+"""The comparison table printed by ``dropkit lab run`` and ``dropkit lab compare``."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from dropkit.lab.summary import ExperimentSummary, Stat
+
+
+def _cell(stat: Stat | None, digits: int = 4) -> str:
+    if stat is None:
+        return "-"
+    text = f"{stat.mean:.{digits}f}"
+    return text if stat.sem is None else f"{text} ± {stat.sem:.{digits}f}"
+
+
+def comparison_table(summary: ExperimentSummary) -> Table:
+    """Per (variant, p): train/test metric, gap, test loss, time per epoch, epochs to target."""
+    metric = summary.metric
+    target = "-" if summary.target is None else f"{summary.target:.4f}"
+    table = Table(
+        title=f"{escape(summary.experiment.name)} ({summary.task.name}; mean ± s.e. over seeds)",
+        caption=f"gap = train - test {metric} (test - train for rmse); target {metric} = {target}"
+        " (a run that never reaches it counts as its epochs + 1)",
+    )
+    for column in ("variant", "p", "seeds", f"train {metric}", f"test {metric}", "gap",
+                   "test loss", "s/epoch", "epochs to target"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for group in summary.groups:
+        table.add_row(
+            escape(group.variant),
+            f"{group.p:g}",
+            str(len(group.runs)),
+            _cell(group.train),
+            _cell(group.test),
+            _cell(group.gap),
+            _cell(group.test_loss),
+            _cell(group.epoch_time, 3),
+            _cell(group.epochs_to_target, 1)
+            + ("" if group.reached_target == len(group.runs) else
+               f" ({group.reached_target}/{len(group.runs)} reached)"),
+        )
+    return table

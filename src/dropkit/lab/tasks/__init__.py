@@ -1,0 +1,187 @@
+"""Task registry: each task is a data set plus a model with dropout where practitioners put it.
+
+Adding a task is one file in this folder that defines a :class:`Task` subclass
+and calls :func:`register` on an instance; the registry imports every module
+here on first use, so nothing else has to change.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+import dropkit
+
+__all__ = [
+    "DataStatus",
+    "MissingDataError",
+    "Task",
+    "TaskData",
+    "UnknownTaskError",
+    "VARIANTS",
+    "available_tasks",
+    "get_task",
+    "make_dropout",
+    "register",
+]
+
+Kind = Literal["classification", "regression"]
+Placement = Literal["dense", "conv1d", "conv2d"]
+
+
+class UnknownTaskError(ValueError):
+    """A task or dropout variant name that is not registered."""
+
+
+class MissingDataError(FileNotFoundError):
+    """A task's data files are absent; the message says where to put them."""
+
+
+@dataclass(frozen=True)
+class DataStatus:
+    """Whether a task's data is present, where it was looked for, and how to get it."""
+
+    present: bool
+    location: str
+    hint: str = ""
+
+
+@dataclass
+class TaskData:
+    """Tensors of one task; ``y_scale`` turns a standardised regression target back into units."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    y_scale: float = 1.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _standard(p: float, placement: Placement) -> nn.Module:
+    # Channel dropout after convolutions: neighbouring activations are so correlated
+    # that element-wise masks barely regularise (Tompson et al., 2015).
+    if placement == "conv2d":
+        return dropkit.Dropout2d(p)
+    if placement == "conv1d":
+        return dropkit.Dropout1d(p)
+    return dropkit.Dropout(p)
+
+
+def _elementwise(p: float, placement: Placement) -> nn.Module:
+    return dropkit.Dropout(p)
+
+
+#: Dropout variant name -> factory(p, placement). Variants that land in
+#: ``dropkit.nn`` later add one entry here.
+VARIANTS: dict[str, Callable[[float, Placement], nn.Module]] = {
+    "standard": _standard,
+    "elementwise": _elementwise,
+}
+
+
+def make_dropout(variant: str, p: float, placement: Placement) -> nn.Module:
+    """The dropout layer ``variant`` puts at ``placement`` (``dense``, ``conv1d``, ``conv2d``)."""
+    if variant not in VARIANTS:
+        raise UnknownTaskError(
+            f"unknown dropout variant {variant!r}; expected one of {sorted(VARIANTS)}"
+        )
+    return VARIANTS[variant](dropkit.functional.validate_p(p), placement)
+
+
+class Task:
+    """One lab task. Subclasses set the class attributes and implement ``load`` and ``build_model``.
+
+    Models expose ``model.head``: the final ``nn.Linear``. Its input is the
+    hidden representation the lab ablates and probes for co-adaptation.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    kind: ClassVar[Kind] = "classification"
+    #: Name of the reported metric: ``accuracy`` (higher is better) or ``rmse`` (lower).
+    metric: ClassVar[str] = "accuracy"
+    #: Defaults of the experiment grid and of training; a config file or flags override them.
+    defaults: ClassVar[dict] = {}
+    #: Whether the report measures MC-dropout uncertainty (selective prediction / intervals).
+    uncertainty: ClassVar[bool] = False
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric != "rmse"
+
+    def data_status(self, data_dir: Optional[Path]) -> DataStatus:
+        """Bundled or generated data is always present; file-backed tasks override this."""
+        return DataStatus(True, "bundled with its Python package")
+
+    def load(self, data_dir: Optional[Path], seed: int = 0) -> TaskData:
+        raise NotImplementedError
+
+    def build_model(self, p: float, variant: str = "standard") -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        if self.kind == "classification":
+            return nn.functional.cross_entropy(output, target)
+        return nn.functional.mse_loss(output.squeeze(-1), target)
+
+    def score(self, output: Tensor, target: Tensor, y_scale: float = 1.0) -> float:
+        """The task metric of a batch of outputs: accuracy, or RMSE in the target's units."""
+        if self.kind == "classification":
+            return (output.argmax(-1) == target).float().mean().item()
+        mse = nn.functional.mse_loss(output.squeeze(-1), target).item()
+        return mse**0.5 * y_scale
+
+
+_REGISTRY: dict[str, Task] = {}
+_DISCOVERED = False
+
+
+def register(task: Task) -> Task:
+    """Add ``task`` to the registry under ``task.name``; returns it so modules can keep a handle."""
+    if task.name in _REGISTRY and type(_REGISTRY[task.name]) is not type(task):
+        raise ValueError(f"task name {task.name!r} is registered twice")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    _DISCOVERED = True
+
+
+def available_tasks() -> dict[str, Task]:
+    """Every registered task by name, sorted."""
+    _discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; the error lists the known names."""
+    tasks = available_tasks()
+    if name not in tasks:
+        raise UnknownTaskError(f"unknown task {name!r}; expected one of {sorted(tasks)}")
+    return tasks[name]
+
+
+def split_indices(n: int, test_fraction: float, seed: int, stratify: Optional[Tensor] = None):
+    """Train/test indices of a fixed split, stratified by ``stratify`` when given."""
+    from sklearn.model_selection import train_test_split
+
+    indices = torch.arange(n).numpy()
+    labels = None if stratify is None else stratify.numpy()
+    train, test = train_test_split(
+        indices, test_size=test_fraction, random_state=seed, stratify=labels
+    )
+    return torch.as_tensor(train), torch.as_tensor(test)

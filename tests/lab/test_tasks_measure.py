@@ -1,0 +1,98 @@
+import types
+
+import pytest
+import torch
+from torch import nn
+
+import dropkit
+from dropkit.lab import measure
+from dropkit.lab.tasks import UnknownTaskError, available_tasks, get_task, make_dropout
+
+
+def test_registry_lists_this_rounds_tasks_and_rejects_unknown_names():
+    assert {"digits", "mnist1d", "breast-cancer", "diabetes"} <= set(available_tasks())
+    with pytest.raises(UnknownTaskError, match=r"unknown task 'mnist'; expected one of \["):
+        get_task("mnist")
+    with pytest.raises(UnknownTaskError, match="unknown dropout variant 'block'"):
+        make_dropout("block", 0.1, "dense")
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist1d", "breast-cancer", "diabetes"])
+def test_each_task_loads_and_its_model_fits_the_data(name):
+    task = get_task(name)
+    assert task.data_status(None).present
+    data = task.load(None)
+    assert len(data.x_train) == len(data.y_train) and len(data.x_test) == len(data.y_test)
+    model = task.build_model(0.5)
+    assert isinstance(model.head, nn.Linear)
+    assert any(isinstance(m, dropkit.Dropout) and m.p == 0.5 for m in model.modules())
+    out = model.eval()(data.x_test[:7])
+    classes = int(data.y_train.max()) + 1 if task.kind == "classification" else 1
+    assert out.shape == (7, classes)
+    assert task.loss(out, data.y_test[:7]).isfinite()
+
+
+def test_digits_uses_channel_dropout_after_convolutions():
+    model = get_task("digits").build_model(0.3)
+    assert any(isinstance(m, dropkit.Dropout2d) for m in model.modules())
+    elementwise = get_task("digits").build_model(0.3, "elementwise")
+    assert not any(isinstance(m, dropkit.Dropout2d) for m in elementwise.modules())
+
+
+def _fitted(p):
+    task = get_task("breast-cancer")
+    data = task.load(None)
+    torch.manual_seed(0)
+    model = task.build_model(p)
+    return task, data, model.eval()
+
+
+def test_ablation_curve_starts_at_the_eval_metric_and_ends_at_chance_when_all_units_go():
+    task, data, model = _fitted(0.5)
+    curve = measure.ablation_curve(task, model, data, fractions=(0.0, 1.0))
+    assert curve["metric"][0] == task.score(model(data.x_test), data.y_test)
+    # All units zeroed: the output is the head's bias alone, one class for every patient.
+    majority = max((data.y_test == c).float().mean().item() for c in (0, 1))
+    minority = 1 - majority
+    assert curve["metric"][1] in (pytest.approx(majority), pytest.approx(minority))
+
+
+def test_mc_vs_weight_scaling_needs_active_dropout():
+    task, data, model = _fitted(0.0)
+    assert "not_measured" in measure.mc_vs_weight_scaling(task, model, data, samples=3)
+    task, data, model = _fitted(0.5)
+    result = measure.mc_vs_weight_scaling(task, model, data, samples=5)
+    assert set(result["mc"]) == {"1", "2", "5"}
+    assert model.training is False  # MC mode was undone
+
+
+def test_bn_variance_shift_sees_dropout_before_batchnorm():
+    torch.manual_seed(0)
+    x = torch.randn(8192, 16)
+    for p, expected in ((0.5, 2.0), (0.0, 1.0)):
+        model = nn.Sequential(dropkit.Dropout(p), nn.BatchNorm1d(16, momentum=None))
+        model.head = nn.Identity()
+        model.train()
+        with torch.no_grad():
+            for batch in x.split(512):
+                model(batch)
+        (layer,) = measure.bn_variance_shift(model, x)
+        # Inverted dropout at p doubles E[x^2] at p=0.5: train-time variance 2 vs test 1.
+        # Estimation error of a variance from 8192x16 samples is ~0.4%; 0.05 is > 10 sigma.
+        assert layer["ratio"] == pytest.approx(expected, abs=0.05)
+        assert layer["after_dropout"] is True  # structural: a Dropout(0) still sits there
+
+
+def test_adapter_uses_the_library_when_present_and_says_why_when_not(monkeypatch):
+    activations = torch.randn(50, 4)
+    fake = types.ModuleType("dropkit.analysis")
+    fake.co_adaptation = lambda a: {"mean_abs_corr": torch.tensor(0.25), "effective_rank": 3.5}
+    monkeypatch.setitem(__import__("sys").modules, "dropkit.analysis", fake)
+    assert measure._library_co_adaptation(activations) == {
+        "mean_abs_corr": 0.25, "effective_rank": 3.5}
+    monkeypatch.delattr(fake, "co_adaptation")
+    result = measure._library_co_adaptation(activations)
+    assert "AttributeError" in result["not_measured"]
+    monkeypatch.setitem(__import__("sys").modules, "dropkit.analysis", None)
+    assert measure._library_co_adaptation(activations) == {
+        "not_measured": "dropkit.analysis not available"}
