@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as torch_F
-from _peers import timm_drop, torchvision_ops
 
 import dropkit
 from dropkit.functional import drop_block2d, drop_block3d, drop_path
 from dropkit.nn.conv import drop_block_gamma
 from dropkit.random import keep_threshold
+from tests.nn._peers import timm_drop, torchvision_ops
 
 
 def _quantised(gamma: float) -> float:

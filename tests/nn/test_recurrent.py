@@ -12,8 +12,8 @@ import torch.nn.functional as torch_F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import dropkit
-from conftest import require_shared
 from dropkit.functional import embedding_dropout, locked_dropout, word_dropout, zoneout
+from tests.conftest import require_shared
 
 
 def _binomial_bound(p: float, n: int) -> float:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_shared
 from dropkit.lab.datasets import DataFormatError, DatasetNotFoundError, fsdd, load_fsdd
 from dropkit.lab.datasets.fsdd import (
     fix_frames,
@@ -24,6 +23,7 @@ from dropkit.lab.datasets.fsdd import (
     parse_name,
     read_wav,
 )
+from tests.conftest import require_shared
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_shared
 from dropkit.lab.datasets import (
     ChecksumError,
     DataFormatError,
@@ -37,6 +36,7 @@ from dropkit.lab.datasets import (
     split_test_set,
 )
 from dropkit.lab.datasets._common import RemoteFile, download_file
+from tests.conftest import require_shared
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import require_shared
 from dropkit.lab.datasets import (
     DataFormatError,
     DatasetNotFoundError,
@@ -19,6 +18,7 @@ from dropkit.lab.datasets import (
     text,
 )
 from dropkit.lab.datasets.text import EOS, tokenize_words
+from tests.conftest import require_shared
 
 
 @pytest.fixture(autouse=True)
