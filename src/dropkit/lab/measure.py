@@ -45,6 +45,7 @@ __all__ = [
 
 ABLATION_FRACTIONS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 _EVAL_BATCH = 512
+_LM_WINDOWS = 32
 
 
 def not_measured(reason: str) -> dict:
@@ -91,7 +92,8 @@ def hidden_activations(model: nn.Module, x: Tensor) -> Tensor:
         _outputs(model, x)
     finally:
         handle.remove()
-    return torch.cat(captured).flatten(1)
+    # Sequence models give (N, T, units): every time step is one sample of the units.
+    return torch.cat(captured).reshape(-1, model.head.in_features)
 
 
 @torch.no_grad()
@@ -128,7 +130,7 @@ def ablation_curve(
 
 
 def _combine(task: Task, samples: list[Tensor]) -> Tensor:
-    if task.kind == "classification":
+    if task.kind != "regression":
         # The ensemble averages predictive distributions, then we score the mean.
         return torch.stack([s.softmax(-1) for s in samples]).mean(0).log()
     return torch.stack(samples).mean(0)
@@ -245,14 +247,70 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _library_co_adaptation(activations: Tensor) -> dict:
+def _feature_layer(model: nn.Module) -> Any:
+    # The lab's models name the block whose (eval-mode) output feeds ``model.head``
+    # ``model.hidden``: the representation ablated and probed for co-adaptation.
+    layer = getattr(model, "hidden", None)
+    return layer if isinstance(layer, nn.Module) else None
+
+
+def _library_co_adaptation(model: nn.Module, x: Tensor) -> dict:
     analysis = _optional("dropkit.analysis")
     if analysis is None:
         return not_measured("dropkit.analysis not available")
-    return _attempt(
-        "dropkit.analysis.co_adaptation",
-        lambda: _plain(analysis.co_adaptation(activations)),
-    )
+    layer = _feature_layer(model)
+    if layer is None:
+        return not_measured("the model has no .hidden block feeding its head")
+
+    def measure() -> dict:
+        # unit_dim=-1: units are the last dimension for dense (N, H) and sequence (N, T, H).
+        stats = analysis.co_adaptation(model, layer, x, unit_dim=-1, batch_size=_EVAL_BATCH)
+        sparsity = analysis.activation_sparsity(model, layer, x, unit_dim=-1,
+                                                batch_size=_EVAL_BATCH)
+        return _plain({
+            "mean_abs_correlation": stats.mean_abs_correlation,
+            "effective_rank": stats.effective_rank,
+            "dead_units": stats.dead_units,
+            "fraction_inactive": sparsity.fraction_inactive,
+            "mean_activation": sparsity.mean_activation,
+        })
+
+    return _attempt("dropkit.analysis.co_adaptation / activation_sparsity", measure)
+
+
+def _library_ablation(task: Task, model: nn.Module, data: TaskData, seed: int) -> dict:
+    """Unit ablation by ``dropkit.analysis.ablation_curve`` on ``model.hidden``; the lab's own
+    :func:`ablation_curve` (the same measurement on ``model.head``'s input) when that fails."""
+    analysis, layer = _optional("dropkit.analysis"), _feature_layer(model)
+    if analysis is None or layer is None:
+        return ablation_curve(task, model, data, seed=seed)
+
+    def measure() -> dict:
+        curve = analysis.ablation_curve(
+            model, layer, (data.x_test, data.y_test), ABLATION_FRACTIONS, trials=5, seed=seed,
+            metric=lambda outputs, targets: task.score(outputs, targets, data.y_scale),
+            unit_dim=-1, batch_size=_EVAL_BATCH,
+        )
+        return {
+            "fractions": curve.fractions.tolist(), "metric": curve.mean.tolist(),
+            "std": curve.std.tolist(), "area": curve.area,
+            "source": "dropkit.analysis.ablation_curve",
+        }
+
+    result = _attempt("dropkit.analysis.ablation_curve", measure)
+    return ablation_curve(task, model, data, seed=seed) if "not_measured" in result else result
+
+
+def _library_variance_shift(model: nn.Module, x: Tensor, layers: list[dict]) -> list[dict]:
+    """Adds ``dropkit.check.variance_shift``'s per-layer shift (mean over channels of
+    max(r, 1/r), Li et al., 2019) to the lab's own ratios, as ``library_shift``."""
+    check = _optional("dropkit.check")
+    if check is None or not layers:
+        return layers
+    shifts = _attempt("dropkit.check.variance_shift", lambda: check.variance_shift(model, x))
+    if not isinstance(shifts, dict) or "not_measured" in shifts:
+        return layers
+    return [{**layer, "library_shift": _plain(shifts.get(layer["layer"]))} for layer in layers]
 
 
 def _library_check(model: nn.Module, example: Tensor) -> Any:
@@ -265,6 +323,8 @@ def _library_check(model: nn.Module, example: Tensor) -> Any:
         return [
             {
                 "severity": str(getattr(f, "severity", "")),
+                "code": str(getattr(f, "code", "")),
+                "module": str(getattr(f, "module", "")),
                 "message": str(getattr(f, "message", f)),
                 "fix": str(getattr(f, "fix", "")),
             }
@@ -316,13 +376,27 @@ def final_measurements(
     task: Task, model: nn.Module, data: TaskData, *, seed: int, mc_samples: int
 ) -> dict[str, Any]:
     """All end-of-run measurements, keyed by name, JSON-able."""
+    test = data
+    if task.kind == "language_model":
+        # (windows, time, vocabulary) outputs: MC passes and ablation trials keep several
+        # sets of them, so these measurements use the first test windows only.
+        test = TaskData(data.x_train, data.y_train, data.x_test[:_LM_WINDOWS],
+                        data.y_test[:_LM_WINDOWS], data.y_scale)
     measurements: dict[str, Any] = {
-        "ablation": ablation_curve(task, model, data, seed=seed),
-        "mc_vs_weight_scaling": mc_vs_weight_scaling(task, model, data, mc_samples, seed=seed),
-        "bn_variance_shift": bn_variance_shift(model, data.x_test),
-        "co_adaptation": _library_co_adaptation(hidden_activations(model, data.x_test)),
+        "ablation": _library_ablation(task, model, test, seed),
+        "mc_vs_weight_scaling": mc_vs_weight_scaling(task, model, test, mc_samples, seed=seed),
+        "bn_variance_shift": _library_variance_shift(
+            model, data.x_test[:_EVAL_BATCH], bn_variance_shift(model, data.x_test)
+        ),
+        "co_adaptation": _library_co_adaptation(model, test.x_test),
         "check": _library_check(model, data.x_test[:64]),
+        "data_notes": list(data.notes),
     }
+    if test is not data:
+        measurements["measured_on"] = (
+            f"ablation, MC averaging and co-adaptation on the first {len(test.x_test)} of "
+            f"{len(data.x_test)} test windows"
+        )
     if task.uncertainty:
         # Gaussian noise precision for MC regression: the inverse of the training residual
         # variance (standardised units), a plug-in estimate instead of a grid search.

@@ -47,10 +47,24 @@ EpochCallback = Callable[[int, dict, bytes], None]
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, task: Task, x: Tensor, y: Tensor, y_scale: float = 1.0, batch_size: int = 2048
+    model: nn.Module, task: Task, x: Tensor, y: Tensor, y_scale: float = 1.0,
+    batch_size: Optional[int] = None,
 ) -> tuple[float, float]:
-    """(mean loss, task metric) of ``model`` in eval mode over ``x``/``y``."""
+    """(mean loss, task metric) of ``model`` in eval mode over ``x``/``y``.
+
+    Language models are scored per token: the token-weighted mean cross-entropy
+    of all windows, turned into the task metric (perplexity, bits per char)
+    by ``task.metric_from_loss``, so their vocabulary-sized outputs are never
+    all held at once.
+    """
     model.eval()
+    batch_size = batch_size or task.eval_batch_size
+    if task.kind == "language_model":
+        total = 0.0
+        for inputs, targets in zip(x.split(batch_size), y.split(batch_size), strict=True):
+            total += task.loss(model(inputs), targets).item() * targets.numel()
+        loss = total / y.numel()
+        return loss, task.metric_from_loss(loss)
     outputs = torch.cat([model(chunk) for chunk in x.split(batch_size)])
     return task.loss(outputs, y).item(), task.score(outputs, y, y_scale)
 
@@ -116,6 +130,8 @@ def train_run(
             loss = task.loss(model(x[batch]), y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if task.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), task.clip_grad_norm)
             optimizer.step()
             fit_loss, batches = fit_loss + loss.item(), batches + 1
         epoch_time = time.perf_counter() - start

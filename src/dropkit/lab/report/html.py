@@ -121,6 +121,38 @@ def _check(summary: ExperimentSummary) -> str:
     return note
 
 
+def _data_notes(summary: ExperimentSummary) -> str:
+    """Where the data came from (e.g. a documented substitute split), as each run recorded it."""
+    notes: list[str] = []
+    for run in summary.all_runs:
+        for note in run.measurements.get("data_notes", []) + [
+            run.measurements.get("measured_on", "")
+        ]:
+            if isinstance(note, str) and note and note not in notes:
+                notes.append(note)
+    return "".join(f'<p class="muted">Data: {escape(n)}</p>' for n in notes)
+
+
+def _bn_library(summary: ExperimentSummary) -> str:
+    """dropkit.check.variance_shift per BatchNorm layer: mean over channels of max(r, 1/r)."""
+    rows = [
+        (run.record.key, layer["layer"], layer["library_shift"])
+        for run in summary.all_runs
+        for layer in run.measurements.get("bn_variance_shift", [])
+        if isinstance(layer.get("library_shift"), (int, float))
+    ]
+    if not rows:
+        return ""
+    body = "".join(
+        f'<tr><td class="left">{escape(key)}</td><td class="left">{escape(name)}</td>'
+        f"<td>{shift:.3f}</td></tr>"
+        for key, name, shift in rows
+    )
+    return ("<p>dropkit.check.variance_shift: mean over channels of max(r, 1/r), r = test-time "
+            "input variance / running variance (1 = no shift).</p><table><tr><th>run</th>"
+            f"<th>BatchNorm layer</th><th>shift</th></tr>{body}</table>")
+
+
 def render_report(summary: ExperimentSummary) -> str:
     """The report of ``summary`` as one HTML string."""
     experiment = summary.experiment
@@ -145,6 +177,7 @@ curve reaches.</p>
 <h2>Time per epoch and convergence</h2>
 {_img(plots.time_and_convergence(summary), "time and convergence")}
 <h2>BatchNorm variance shift</h2>{_img(plots.bn_shift(summary), "BatchNorm layers")}
+{_bn_library(summary)}
 <h3>dropkit.check findings</h3>{_check(summary)}
 <h2>MC-dropout uncertainty</h2>{_uncertainty(summary)}
 """
@@ -158,6 +191,7 @@ curve reaches.</p>
 <body>
 <h1>dropkit lab report: {escape(experiment.name)}</h1>
 <p>Task <b>{escape(summary.task.name)}</b>: {escape(summary.task.description)}</p>
+{_data_notes(summary)}
 <p class="muted">Generated {generated}. {len(summary.all_runs)} run(s) recorded.</p>{notes}
 {body}
 <h2>Exact config</h2><pre>{escape(json.dumps(experiment.config, indent=2, sort_keys=True))}</pre>

@@ -32,8 +32,10 @@ __all__ = [
     "register",
 ]
 
-Kind = Literal["classification", "regression"]
+Kind = Literal["classification", "regression", "language_model"]
 Placement = Literal["dense", "conv1d", "conv2d"]
+#: Metrics where a smaller number is better.
+LOWER_IS_BETTER = frozenset({"rmse", "perplexity", "bits_per_char"})
 
 
 class UnknownTaskError(ValueError):
@@ -79,11 +81,28 @@ def _elementwise(p: float, placement: Placement) -> nn.Module:
     return dropkit.Dropout(p)
 
 
+def _gaussian(p: float, placement: Placement) -> nn.Module:
+    # Multiplicative N(1, p/(1-p)) noise: the same mean and variance as Bernoulli dropout
+    # at rate p (Srivastava et al., 2014, s.10), so rates compare across the two variants.
+    return dropkit.GaussianDropout(p)
+
+
+def _dropblock(p: float, placement: Placement) -> nn.Module:
+    # Contiguous 3x3 regions on 2-D feature maps (Ghiasi et al., 2018): the lab's maps
+    # are 8x8 to 40x100, too small for the paper's block_size=7. Dense layers keep
+    # element-wise dropout, 1-D maps channel dropout, as in the paper's ResNets.
+    if placement == "conv2d":
+        return dropkit.DropBlock2d(p, block_size=3)
+    return _standard(p, placement)
+
+
 #: Dropout variant name -> factory(p, placement). Variants that land in
 #: ``dropkit.nn`` later add one entry here.
 VARIANTS: dict[str, Callable[[float, Placement], nn.Module]] = {
     "standard": _standard,
     "elementwise": _elementwise,
+    "gaussian": _gaussian,
+    "dropblock": _dropblock,
 }
 
 
@@ -112,10 +131,15 @@ class Task:
     defaults: ClassVar[dict] = {}
     #: Whether the report measures MC-dropout uncertainty (selective prediction / intervals).
     uncertainty: ClassVar[bool] = False
+    #: Examples per forward pass when evaluating; language models lower it, because their
+    #: outputs are (batch, time, vocabulary) and a whole split of them does not fit in memory.
+    eval_batch_size: ClassVar[int] = 2048
+    #: Gradient-norm clip per step (recurrent models: exploding gradients), or None.
+    clip_grad_norm: ClassVar[Optional[float]] = None
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric != "rmse"
+        return self.metric not in LOWER_IS_BETTER
 
     def data_status(self, data_dir: Optional[Path]) -> DataStatus:
         """Bundled or generated data is always present; file-backed tasks override this."""
