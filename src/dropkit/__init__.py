@@ -4,7 +4,7 @@ The public API is flat: ``dropkit.Dropout``, ``dropkit.functional.dropout``,
 ``dropkit.random`` (the Philox contract).
 """
 
-from dropkit import functional, random
+from dropkit import functional, mc, metrics, random, uci
 from dropkit.nn import (
     AlphaDropout,
     Dropout,
@@ -26,5 +26,8 @@ __all__ = [
     "FeatureAlphaDropout",
     "SpatialDropout",
     "functional",
+    "mc",
+    "metrics",
+    "uci",
     "random",
 ]
