@@ -435,16 +435,19 @@ class MCResult:
     @property
     def predicted(self) -> Tensor:
         """Classification: argmax of the mean probabilities ``(N,)``."""
+        self._need("classification", "predicted")
         return self.mean.argmax(-1)
 
     @property
     def predictive_entropy(self) -> Tensor:
         """``H[mean_t p_t]``: total uncertainty, in nats."""
+        self._need("classification", "predictive_entropy")
         return _entropy(self.mean)
 
     @property
     def expected_entropy(self) -> Tensor:
         """``mean_t H[p_t]``: the aleatoric part, in nats."""
+        self._need("classification", "expected_entropy")
         return _entropy(self.probs).mean(0)
 
     @property
@@ -453,6 +456,7 @@ class MCResult:
 
         Non-negative by Jensen's inequality; the clamp removes rounding noise.
         """
+        self._need("classification", "mutual_information")
         return (self.predictive_entropy - self.expected_entropy).clamp_min(0.0)
 
     def log_likelihood(self, target: Tensor) -> float:
@@ -602,7 +606,7 @@ def predict(
     if fast and traced is not None and split is not None and split.prefix is None:
         reason = split.reason
     use_split = split is not None and split.prefix is not None
-    if fast and not use_split and reason:
+    if fast and not use_split and reason and stochastic_modules(runner):
         warnings.warn(f"MC dropout fast path unavailable: {reason}; looping over samples",
                       MCFallbackWarning, stacklevel=2)
 
