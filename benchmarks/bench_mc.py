@@ -15,6 +15,7 @@ seeded fast path equals the seeded loop exactly.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -73,10 +74,9 @@ def main() -> None:
 
         for replicate in (True, False):
             wrapper = ModelWrapper(
-                MCDropoutModule(HeadDropoutCNN().eval()),
+                MCDropoutModule(copy.deepcopy(model)),
                 TrainingArgs(criterion=None, replicate_in_memory=replicate, use_cuda=False),
             )
-            wrapper.model.load_state_dict(model.state_dict())
             wrapper.model.eval()
             label = f"baal ModelWrapper (replicate_in_memory={replicate})"
             rows[label] = _best(lambda w=wrapper: w.predict_on_batch(x, T), args.repeats)
@@ -92,7 +92,8 @@ def main() -> None:
     fast = mc.predict(model, x, T, seed=0).samples
     loop = mc.predict(model, x, T, seed=0, fast=False).samples
     base = rows["plain loop (T full passes)"]
-    print(f"T={T}, batch={args.batch}, threads={torch.get_num_threads()}, torch {torch.__version__}")
+    threads = torch.get_num_threads()
+    print(f"T={T}, batch={args.batch}, threads={threads}, torch {torch.__version__}")
     print(f"{'method':50s} {'seconds':>9s} {'vs loop':>8s}")
     for name, seconds in rows.items():
         print(f"{name:50s} {seconds:9.3f} {base / seconds:7.1f}x")
