@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from dropkit.functional import apply_alpha_mask
 from dropkit.random import KEEP_BITS, draw_seed, keep_threshold, philox4x32
 
 __all__ = [
@@ -66,8 +67,6 @@ _MASK32 = 0xFFFFFFFF
 # The counter words fold_seed uses, so _sample_seeds(seed, T)[t] == fold_seed(seed, t).
 _FOLD_TAG = (0x6B657973, 0x666F6C64)
 _CALL_SHIFT = 48
-# SELU's negative saturation, alpha * lambda (Klambauer et al., 2017).
-_SELU_NEGATIVE_SATURATION = -1.7580993408473766
 _DEFAULT_MAX_ROWS = 65536
 
 _FUNCTIONAL_DROPOUT: dict[Callable, type[nn.Module]] = {
@@ -270,11 +269,7 @@ class _SeededMasks:
         if site.rule == "alpha":
             if threshold == 0:
                 return torch.zeros_like(x)
-            alpha = _SELU_NEGATIVE_SATURATION
-            a = (keep_prob + alpha**2 * keep_prob * (1.0 - keep_prob)) ** -0.5
-            b = -a * (1.0 - keep_prob) * alpha
-            keep_f = keep.to(x.dtype)
-            out = values * (a * keep_f) + (a * alpha * (1.0 - keep_f) + b)
+            out = apply_alpha_mask(values, keep, keep_prob)
         else:
             if site.rule == "classic":
                 scale = 1.0
