@@ -4,7 +4,7 @@ The public API is flat: ``dropkit.Dropout``, ``dropkit.functional.dropout``,
 ``dropkit.random`` (the Philox contract).
 """
 
-from dropkit import analysis, distributed, functional, random, schedule
+from dropkit import analysis, distributed, functional, mc, metrics, random, schedule, uci
 from dropkit.check import Finding, check, recalibrate_batchnorm, variance_shift
 from dropkit.convert import Conversion, convert, set_p
 from dropkit.losses import r_drop_loss
@@ -41,6 +41,9 @@ __all__ = [
     "SpatialDropout",
     "distributed",
     "functional",
+    "mc",
+    "metrics",
+    "uci",
     "random",
     "ConcreteDropout",
     "DropBlock2d",

@@ -264,15 +264,23 @@ def _alpha(
     if threshold == 0:
         # Everything dropped: the affine map collapses to its fixed point, zero mean.
         return torch.zeros_like(input)
-    # Klambauer et al. (2017), eq. 19-20 with the quantised keep probability q:
-    # a = (q + alpha'^2 q (1 - q))^-1/2, b = -a (1 - q) alpha'.
+    mask_shape = tuple(1 if d in broadcast_dims else n for d, n in enumerate(input.shape))
+    keep = keep_mask(mask_shape, threshold, _resolve_seed(seed, generator), offset, input.device)
+    return apply_alpha_mask(input, keep, keep_prob)
+
+
+def apply_alpha_mask(input: Tensor, keep: Tensor, keep_prob: float) -> Tensor:
+    """Alpha dropout's output for a given boolean ``keep`` mask (broadcastable to ``input``).
+
+    Klambauer et al. (2017), eq. 19-20 with the quantised keep probability q:
+    dropped units take alpha' = -lambda * alpha, then ``a * x + b`` with
+    ``a = (q + alpha'^2 q (1 - q))^-1/2`` and ``b = -a (1 - q) alpha'`` restores
+    zero mean and unit variance. Shared by the functional ops and MC sampling.
+    """
     alpha = _SELU_NEGATIVE_SATURATION
     a = (keep_prob + alpha**2 * keep_prob * (1.0 - keep_prob)) ** -0.5
     b = -a * (1.0 - keep_prob) * alpha
-    mask_shape = tuple(1 if d in broadcast_dims else n for d, n in enumerate(input.shape))
-    keep = keep_mask(
-        mask_shape, threshold, _resolve_seed(seed, generator), offset, input.device
-    ).to(input.dtype)
+    keep = keep.to(input.dtype)
     return input * (a * keep) + (a * alpha * (1.0 - keep) + b)
 
 

@@ -1,0 +1,147 @@
+"""dropkit.uci: loader on a generated folder and on the shared data, a quick protocol run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dropkit import metrics, uci
+from tests.conftest import require_shared
+
+
+def _write_dataset(root: Path, name: str = "toy", rows: int = 60, splits: int = 2) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(rows, 3))
+    target = features @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=rows)
+    np.savetxt(folder / "data.txt", np.column_stack([features, target]))
+    np.savetxt(folder / "index_features.txt", [0, 1, 2], fmt="%d")
+    np.savetxt(folder / "index_target.txt", [3], fmt="%d")
+    for k in range(splits):
+        order = rng.permutation(rows)
+        np.savetxt(folder / f"index_train_{k}.txt", order[: rows - 10], fmt="%d")
+        np.savetxt(folder / f"index_test_{k}.txt", order[rows - 10 :], fmt="%d")
+    for file, value in (("n_splits", splits), ("n_hidden", 8), ("n_epochs", 2)):
+        (folder / f"{file}.txt").write_text(f"{value}\n")
+    (folder / "dropout_rates.txt").write_text("0.01\n0.1\n")
+    (folder / "tau_values.txt").write_text("10\n100\n")
+    return folder
+
+
+def test_loader_on_generated_folder(tmp_path):
+    _write_dataset(tmp_path)
+    dataset = uci.load_uci("toy", tmp_path)
+    assert dataset.features.shape == (60, 3) and dataset.target.shape == (60,)
+    assert (dataset.n_splits, dataset.n_hidden, dataset.n_epochs) == (2, 8, 2)
+    assert dataset.dropout_rates == (0.01, 0.1) and dataset.tau_values == (10.0, 100.0)
+    train, test = dataset.split(1)
+    assert len(train) == 50 and len(test) == 10 and not set(train) & set(test)
+    with pytest.raises(ValueError, match="splits 0..1, but split 2"):
+        dataset.split(2)
+
+
+def test_loader_errors_name_the_problem(tmp_path):
+    folder = _write_dataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no UCI data set 'nope'.*found: toy"):
+        uci.load_uci("nope", tmp_path)
+    np.savetxt(folder / "index_test_0.txt", [0, 999], fmt="%d")
+    with pytest.raises(ValueError, match="indexes row 999 but data.txt has rows 0..59"):
+        uci.load_uci("toy", tmp_path).split(0)
+    (folder / "tau_values.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks tau_values.txt"):
+        uci.load_uci("toy", tmp_path)
+
+
+def test_quick_protocol_run_resumes(tmp_path):
+    _write_dataset(tmp_path / "data")
+    protocol = uci.UCIProtocol(epochs_multiplier=5, samples=200, val_samples=50)
+    records = uci.run_benchmark(
+        ["toy"], [0], tmp_path / "out", root=tmp_path / "data", protocol=protocol,
+        log=lambda m: None,
+    )
+    assert len(records) == 1
+    record = records[0]
+    assert record["dropout_rate"] in (0.01, 0.1) and record["tau"] in (10.0, 100.0)
+    assert record["n_train"] == 40 and record["n_val"] == 10 and record["n_test"] == 10
+    assert math.isfinite(record["test_ll"]) and record["test_rmse"] > 0
+    # A second call finds the split done and does not rerun it.
+    logs = []
+    again = uci.run_benchmark(
+        ["toy"], [0], tmp_path / "out", root=tmp_path / "data", protocol=protocol, log=logs.append
+    )
+    assert again == records and "skipped" in logs[0]
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["split"] == 0
+
+
+def test_mc_scores_match_metrics():
+    # The streamed RMSE / log-likelihood equal dropkit.metrics on the same samples.
+    generator = torch.Generator().manual_seed(0)
+    net = uci._GridMLP(1, 3, 4, torch.tensor([1.0]), generator)  # keep=1: deterministic
+    x = torch.randn(7, 3)
+    y = np.random.default_rng(1).normal(size=7)
+    rmse, ll, standard = uci._mc_scores(
+        net, x, y, (0.5, 2.0), torch.tensor([3.0]), 5, torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        prediction = (net.forward(x.unsqueeze(0), None)[0].double() * 2.0 + 0.5).numpy()
+    assert rmse[0] == pytest.approx(metrics.rmse(prediction, y), rel=1e-5)
+    assert standard[0] == pytest.approx(rmse[0], rel=1e-6)
+    samples = np.repeat(prediction[None], 5, 0)
+    assert ll[0] == pytest.approx(metrics.mc_log_likelihood(samples, y, 3.0), rel=1e-5)
+
+
+def test_grid_training_reduces_loss():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3)
+    y = x @ torch.tensor([1.0, -1.0, 0.5])
+    protocol = uci.UCIProtocol()
+    net, grid = uci._train_grid(x, y, (0.01, 0.05), (1.0,), 16, 150, protocol, generator)
+    assert grid == [(0.01, 1.0), (0.05, 1.0)]
+    with torch.no_grad():
+        error = ((net.forward(x.unsqueeze(0).expand(2, -1, -1), None) - y) ** 2).mean(1)
+    # A linear target: 300 Adam steps must remove most of its variance.
+    assert (error < 0.2 * y.var()).all()
+
+
+def test_cli_arguments():
+    assert uci._parse_splits("0-2,5") == [0, 1, 2, 5]
+    assert uci._parse_splits("all") is None
+    with pytest.raises(Exception, match="runs backwards"):
+        uci._parse_splits("4-1")
+    with pytest.raises(ValueError, match="samples must be an int >= 1"):
+        uci.UCIProtocol(samples=0)
+
+
+def test_shared_uci_layout_and_published_numbers():
+    root = require_shared("uci")
+    dataset = uci.load_uci("yacht", root)
+    assert dataset.features.shape == (308, 6) and dataset.n_splits == 20
+    train, test = dataset.split(0)
+    assert (len(train), len(test)) == (277, 31)
+    naval = uci.load_uci("naval-propulsion-plant", root)
+    assert naval.features.shape[1] == 16
+    published = uci.published_results(root / "README.md")
+    assert set(published) == set(uci.DATASETS)
+    assert published["yacht"]["rmse"] == (0.67, 0.05)
+    assert published["bostonHousing"]["ll"] == (-2.40, 0.04)
+    assert published["energy"]["rmse_bayesopt"] == (1.08, 0.03)
+
+
+def test_summary_table_marks_agreement():
+    records = [
+        {"dataset": "yacht", "split": k, "test_rmse": 0.6 + 0.01 * k, "test_ll": -1.3,
+         "test_rmse_standard": 0.7, "seconds": 60.0}
+        for k in range(4)
+    ]
+    published = {"yacht": {"rmse": (0.67, 0.05), "ll": (-1.25, 0.01)}}
+    (row,) = uci.summarise(records, published)
+    assert row["splits"] == 4 and row["rmse_ok"] is True  # better than published
+    assert row["ll_ok"] is False  # 0.05 worse with ~0.01 standard error
+    assert "| yacht | 4 |" in uci.format_table([row])
