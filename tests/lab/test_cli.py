@@ -71,7 +71,7 @@ def test_toml_config_with_flag_override(tmp_path):
         (["run", "digits", "--rates", "0,1.5"], None, "between 0 and 1, but got 1.5"),
         (["run", "digits", "--rates", "0,half"], None, "comma-separated floats"),
         (["run", "digits", "--epochs", "0"], None, "epochs has to be an integer >= 1, but got 0"),
-        (["run", "digits", "--variants", "gaussian"], None, "unknown dropout variant 'gaussian'"),
+        (["run", "digits", "--variants", "shake"], None, "unknown dropout variant 'shake'"),
         (["run", "digits", "--data-dir", "/no/such/dir"], None, "'/no/such/dir' does not exist"),
         (["run"], '[experiment\ntask = "digits"', "is not valid TOML"),
         (["run"], '[experiment]\ntask = "digits"\nrate = 0.5', "unknown key 'rate'"),

@@ -84,15 +84,19 @@ def test_bn_variance_shift_sees_dropout_before_batchnorm():
 
 
 def test_adapter_uses_the_library_when_present_and_says_why_when_not(monkeypatch):
-    activations = torch.randn(50, 4)
+    task, data, model = _fitted(0.5)
+    real = measure._library_co_adaptation(model, data.x_test)
+    expected = dropkit.analysis.co_adaptation(model, model.hidden, data.x_test)
+    assert real["mean_abs_correlation"] == pytest.approx(expected.mean_abs_correlation)
+    assert real["effective_rank"] == pytest.approx(expected.effective_rank)
+    assert 0.0 <= real["fraction_inactive"] <= 1.0
     fake = types.ModuleType("dropkit.analysis")
-    fake.co_adaptation = lambda a: {"mean_abs_corr": torch.tensor(0.25), "effective_rank": 3.5}
     monkeypatch.setitem(__import__("sys").modules, "dropkit.analysis", fake)
-    assert measure._library_co_adaptation(activations) == {
-        "mean_abs_corr": 0.25, "effective_rank": 3.5}
-    monkeypatch.delattr(fake, "co_adaptation")
-    result = measure._library_co_adaptation(activations)
+    result = measure._library_co_adaptation(model, data.x_test)
     assert "AttributeError" in result["not_measured"]
     monkeypatch.setitem(__import__("sys").modules, "dropkit.analysis", None)
-    assert measure._library_co_adaptation(activations) == {
+    assert measure._library_co_adaptation(model, data.x_test) == {
         "not_measured": "dropkit.analysis not available"}
+    # Without dropkit.analysis the lab's own ablation curve still measures robustness.
+    curve = measure._library_ablation(task, model, data, seed=0)
+    assert "source" not in curve and len(curve["metric"]) == len(measure.ABLATION_FRACTIONS)

@@ -84,7 +84,7 @@ class _ImageTask(Task):
     def data_status(self, data_dir: Optional[Path]) -> DataStatus:
         present, message = dataset_status(self.dataset, data_dir)
         hint = "" if present else (
-            f"{message}. To download once into the cache: python -c \"from "
+            "To download once into the cache: python -c \"from "
             f"dropkit.lab.datasets import load_train_test; load_train_test('{self.dataset}')\""
         )
         return DataStatus(present, message, hint)

@@ -118,7 +118,11 @@ class LanguageModelTask(Task):
 
     def data_status(self, data_dir: Optional[Path]) -> DataStatus:
         present, message = dataset_status(self.dataset, data_dir)
-        return DataStatus(present, message, "" if present else message)
+        hint = "" if present else (
+            f"Put the files named above into a folder and pass it as --data-dir "
+            f"(or set $DROPKIT_DATA); {self.dataset} has no automatic download."
+        )
+        return DataStatus(present, message, hint)
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return nn.functional.cross_entropy(output.flatten(0, -2), target.flatten())

@@ -69,7 +69,7 @@ class Fsdd(Task):
     def data_status(self, data_dir: Optional[Path]) -> DataStatus:
         present, message = dataset_status("fsdd", data_dir)
         hint = "" if present else (
-            f"{message}. Get the wav files with: git clone "
+            "Get the wav files with: git clone "
             "https://github.com/Jakobovski/free-spoken-digit-dataset and pass its folder "
             "(the one holding recordings/) as --data-dir"
         )

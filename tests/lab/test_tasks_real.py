@@ -1,0 +1,264 @@
+"""Round-2 lab tasks (mnist/fashion-mnist MLP+CNN, ptb, shakespeare, fsdd) and the new variants.
+
+Each task: its loader on tiny fixture files written here, a 1-epoch run through the
+lab on them, and an integration check on ../shared/data (skipped when absent).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import dropkit
+from dropkit.lab.cli import app
+from dropkit.lab.config import ConfigError, build_config
+from dropkit.lab.store import open_store
+from dropkit.lab.sweep import run_experiment
+from dropkit.lab.tasks import UnknownTaskError, get_task, make_dropout
+from dropkit.lab.tasks.language import windows
+from dropkit.lab.train import RunConfig, train_run
+from tests.conftest import require_shared
+from tests.lab.datasets.test_datasets_fsdd import make_fsdd
+from tests.lab.datasets.test_datasets_idx import make_mnist_dir
+
+runner = CliRunner()
+
+_TEXT = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_env(tmp_path_factory, monkeypatch):
+    """Keep the user's cache and $DROPKIT_DATA out: fixtures must be the only data found."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    monkeypatch.delenv("DROPKIT_DATA", raising=False)
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    """One data folder holding tiny MNIST (uncompressed: no published MD5 to match), PTB
+    without its training file, tiny-shakespeare and FSDD tones."""
+    root = tmp_path_factory.mktemp("data")
+    make_mnist_dir(root / "mnist", n_train=40, n_test=30, gz=False)
+    (root / "ptb").mkdir()
+    (root / "ptb" / "ptb.valid.txt").write_text(_TEXT * 20)
+    (root / "ptb" / "ptb.test.txt").write_text(_TEXT * 5)
+    (root / "tinyshakespeare").mkdir()
+    (root / "tinyshakespeare" / "input.txt").write_text("First Citizen:\nSpeak, speak.\n" * 200)
+    make_fsdd(root / "fsdd" / "recordings", speakers=("alice",), takes=range(6))
+    return root
+
+
+def _one_epoch(task_name: str, data_dir, p: float = 0.3, variant: str = "standard"):
+    task = get_task(task_name)
+    data = task.load(data_dir)
+    config = RunConfig(task_name, variant, p, 0, 1, 16, 1e-3, 0.0)
+    epochs: list[dict] = []
+    model = train_run(task, data, config, on_epoch=lambda e, m, c: epochs.append(m))
+    return task, data, model, epochs
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def test_mnist_tasks_load_fixture_images_as_unit_range_pixels(fixtures):
+    data = get_task("mnist-mlp").load(fixtures)
+    assert data.x_train.shape == (40, 1, 28, 28) and data.x_test.shape == (30, 1, 28, 28)
+    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    assert data.y_train.tolist() == [i % 10 for i in range(40)]
+    assert any("train" in note for note in data.notes)
+
+
+def test_ptb_falls_back_to_training_on_valid_and_says_so(fixtures):
+    task = get_task("ptb")
+    data = task.load(fixtures)
+    assert data.x_train.shape[1] == task.seq_len and data.y_train.shape == data.x_train.shape
+    # Targets are the inputs shifted by one token inside each window.
+    assert torch.equal(data.x_train[0, 1:], data.y_train[0, :-1])
+    assert any("ptb.valid.txt" in note for note in data.notes)
+
+
+def test_shakespeare_uses_valid_as_test_and_caps_train(fixtures, monkeypatch):
+    task = get_task("shakespeare")
+    monkeypatch.setattr(type(task), "train_chars", 1001)
+    data = task.load(fixtures)
+    # 1001 characters give (1001 - 1) // 100 = 10 windows.
+    assert data.x_train.shape == (10, task.seq_len)
+    assert data.x_test.numel() > 0 and int(data.x_train.max()) < task._vocab
+
+
+def test_fsdd_features_are_standardised_spectrograms(fixtures):
+    data = get_task("fsdd").load(fixtures)
+    assert data.x_train.shape == (10, 1, 40, 100) and data.x_test.shape == (50, 1, 40, 100)
+    assert abs(float(data.x_train.mean())) < 1e-4
+    assert float(data.x_train.std()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_windows_cover_every_target_once_and_reject_short_streams():
+    x, y = windows(torch.arange(11), 5)
+    assert x.tolist() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert y.tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    with pytest.raises(ValueError, match="too short"):
+        windows(torch.arange(3), 5)
+    with pytest.raises(ValueError, match="seq_len has to be >= 1, but got 0"):
+        windows(torch.arange(3), 0)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+@pytest.mark.parametrize("name", ["mnist-mlp", "mnist-cnn", "fsdd", "ptb", "shakespeare"])
+def test_one_epoch_on_fixtures_gives_finite_metrics(fixtures, name):
+    task, _, model, epochs = _one_epoch(name, fixtures)
+    assert len(epochs) == 1
+    metric = epochs[0][f"test_{task.metric}"]
+    assert math.isfinite(metric) and math.isfinite(epochs[0]["train_loss"])
+    if task.kind == "language_model":
+        # Perplexity is exp(per-token cross-entropy); bits per char is it over ln 2.
+        loss = epochs[0]["test_loss"]
+        expected = math.exp(loss) if task.metric == "perplexity" else loss / math.log(2)
+        assert metric == pytest.approx(expected, rel=1e-6)
+    else:
+        assert 0.0 <= metric <= 1.0
+    assert not model.training
+
+
+def test_ptb_standard_variant_is_the_awd_lstm_recipe(fixtures):
+    task = get_task("ptb")
+    task.load(fixtures)
+    model = task.build_model(0.4)
+    assert isinstance(model.embedding, dropkit.EmbeddingDropout) and model.embedding.p == 0.1
+    assert isinstance(model.lstm, dropkit.WeightDrop) and model.lstm.p == 0.4
+    assert isinstance(model.input_drop, dropkit.LockedDropout)
+    assert isinstance(model.hidden, dropkit.LockedDropout)
+    plain = task.build_model(0.4, "elementwise")
+    assert isinstance(plain.lstm, torch.nn.LSTM) and isinstance(plain.hidden, dropkit.Dropout)
+
+
+def test_lab_run_on_fixtures_records_library_measurements(fixtures, tmp_path):
+    config = build_config("ptb", rates=[0.3], seeds=[0], epochs=1, mc_samples=2,
+                          data_dir=str(fixtures))
+    with open_store(tmp_path / "lab.sqlite") as store:
+        result = run_experiment(store, config, show_progress=False)
+        assert result.trained == ["standard/p=0.3/seed=0"]
+        run = store.runs(result.experiment_id)[0]
+        measured = store.measurements(run.id)
+    co = measured["co_adaptation"]
+    assert "not_measured" not in co and 0.0 <= co["mean_abs_correlation"] <= 1.0
+    assert measured["ablation"]["source"] == "dropkit.analysis.ablation_curve"
+    assert set(measured["mc_vs_weight_scaling"]["mc"]) == {"1", "2"}
+    assert any("ptb.valid.txt" in note for note in measured["data_notes"])
+
+
+def test_co_adaptation_and_bn_sections_show_real_numbers(tmp_path):
+    config = build_config("digits", rates=[0.0, 0.5], seeds=[0], epochs=1, mc_samples=2)
+    with open_store(tmp_path / "lab.sqlite") as store:
+        result = run_experiment(store, config, show_progress=False)
+        runs = store.runs(result.experiment_id)
+        measured = [store.measurements(run.id) for run in runs]
+        from dropkit.lab.report.html import write_report
+
+        html = write_report(store, store.get_experiment("digits"), tmp_path / "r.html").read_text()
+    for m in measured:
+        assert "not_measured" not in m["co_adaptation"]
+        assert m["co_adaptation"]["effective_rank"] >= 1.0
+        # Both the lab's ratio and the library's shift, for both BatchNorm layers.
+        assert [layer["layer"] for layer in m["bn_variance_shift"]] == ["features.1", "features.5"]
+        assert all(layer["library_shift"] >= 1.0 for layer in m["bn_variance_shift"])
+    assert "not measured: dropkit.analysis" not in html
+    assert "dropkit.check.variance_shift" in html
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def test_new_variants_place_the_right_layers():
+    assert isinstance(make_dropout("gaussian", 0.3, "dense"), dropkit.GaussianDropout)
+    block = make_dropout("dropblock", 0.2, "conv2d")
+    assert isinstance(block, dropkit.DropBlock2d) and block.block_size == (3, 3)
+    assert isinstance(make_dropout("dropblock", 0.2, "dense"), dropkit.Dropout)
+    with pytest.raises(UnknownTaskError, match="unknown dropout variant 'nope'"):
+        make_dropout("nope", 0.2, "dense")
+
+
+def test_gaussian_and_dropblock_train_on_the_cnn(fixtures):
+    for variant in ("gaussian", "dropblock"):
+        _, _, _, epochs = _one_epoch("mnist-cnn", fixtures, p=0.2, variant=variant)
+        assert math.isfinite(epochs[0]["test_loss"])
+
+
+# --------------------------------------------------------------------------- absent data
+
+
+def test_fashion_mnist_without_images_says_where_and_how(tmp_path):
+    (tmp_path / "fashion-mnist").mkdir()
+    for name in ("fashion-mnist-mlp", "fashion-mnist-cnn"):
+        with pytest.raises(ConfigError) as error:
+            build_config(name, data_dir=str(tmp_path))
+        text = str(error.value)
+        assert "t10k-images-idx3-ubyte.gz" in text and "load_train_test('fashion-mnist')" in text
+
+
+def test_cli_absent_data_and_bad_variant_exit_2_and_write_nothing(tmp_path):
+    store = tmp_path / "store" / "s.sqlite"
+    (tmp_path / "empty").mkdir()
+    for args, message in (
+        (["fsdd", "--data-dir", tmp_path / "empty"], "free-spoken-digit-dataset"),
+        (["ptb", "--data-dir", tmp_path / "empty"], "ptb.test.txt"),
+        (["digits", "--variants", "standard,bogus"], "bogus"),
+    ):
+        result = runner.invoke(app, ["lab", "run", *map(str, args), "--store", str(store)])
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()), result.output
+        assert not store.parent.exists()
+
+
+# --------------------------------------------------------------------------- shared data
+
+
+def test_mnist_on_shared_data_uses_the_documented_test_set_split():
+    root = require_shared("mnist", "t10k-images-idx3-ubyte.gz").parents[1]
+    for name in ("mnist-mlp", "mnist-cnn"):
+        assert get_task(name).data_status(root).present
+    data = get_task("mnist-cnn").load(root)
+    if (root / "mnist" / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("the full MNIST training set is present; the fallback is not used")
+    assert (len(data.y_train), len(data.y_test)) == (7997, 2003)
+    assert "not comparable with the standard" in " ".join(data.notes)
+
+
+def test_fashion_mnist_on_shared_data_is_reported_absent_with_instructions():
+    root = require_shared("fashion-mnist").parent
+    if (root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST images are present here")
+    status = get_task("fashion-mnist-mlp").data_status(root)
+    assert not status.present and "download" in status.location + status.hint
+
+
+def test_text_and_speech_on_shared_data_load():
+    root = require_shared("ptb", "ptb.test.txt").parents[1]
+    require_shared("tinyshakespeare", "input.txt")
+    require_shared("fsdd", "recordings")
+    ptb = get_task("ptb").load(root)
+    assert ptb.x_test.numel() > 50_000 and get_task("ptb")._vocab >= 7596
+    chars = get_task("shakespeare").load(root)
+    assert chars.x_train.numel() == 199_900 and get_task("shakespeare")._vocab == 65
+    speech = get_task("fsdd").load(root)
+    assert speech.x_train.shape == (2700, 1, 40, 100) and len(speech.y_test) == 300
+    assert np.bincount(speech.y_test.numpy()).tolist() == [30] * 10
+
+
+def test_mnist_mlp_epoch_on_shared_data_through_the_lab(tmp_path):
+    root = require_shared("mnist", "t10k-images-idx3-ubyte.gz").parents[1]
+    config = build_config("mnist-mlp", rates=[0.5], seeds=[0], epochs=1, mc_samples=2,
+                          data_dir=str(root))
+    with open_store(tmp_path / "lab.sqlite") as store:
+        result = run_experiment(store, config, show_progress=False)
+        run = store.runs(result.experiment_id)[0]
+        last = store.epochs(run.id)[-1]
+    # One epoch of a 512-unit MLP on ~8000 real digits is far above chance (0.1); measured
+    # 0.91-0.92 test accuracy (2026-11-25), so 0.8 leaves room for other seeds and BLAS.
+    assert last["test_accuracy"] > 0.8
