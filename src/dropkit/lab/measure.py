@@ -345,11 +345,17 @@ def _library_uncertainty(task: Task, model: nn.Module, data: TaskData, samples: 
     def classification() -> dict:
         result = mc.predict(model, data.x_test, samples=samples, seed=seed, task="classification")
         probs, y = result.mean, data.y_test
+        # Referral: answer the least uncertain patients first (predictive entropy).
+        selective = metrics.selective_prediction(result.predictive_entropy, result.predicted == y)
         return {
             "nll": _plain(metrics.nll(probs, y)),
-            "brier": _plain(metrics.brier(probs, y)),
-            "ece": _plain(metrics.ece(probs, y)),
-            "selective": _plain(metrics.selective_prediction(probs, y, result.predictive_entropy)),
+            "brier": _plain(metrics.brier_score(probs, y)),
+            "ece": _plain(metrics.expected_calibration_error(probs, y)),
+            "selective": {
+                "area": selective.area,
+                **{f"accuracy_at_{round(100 * c)}%": selective.accuracy_at(c)
+                   for c in (1.0, 0.9, 0.8, 0.5)},
+            },
         }
 
     def regression() -> dict:
@@ -359,8 +365,9 @@ def _library_uncertainty(task: Task, model: nn.Module, data: TaskData, samples: 
         scale = data.y_scale
         return {
             "rmse": _plain(metrics.rmse(mean * scale, data.y_test * scale)),
-            "log_likelihood": _plain(metrics.gaussian_log_likelihood(
-                mean * scale, variance * scale**2, data.y_test * scale)),
+            # In the target's units: samples and targets scaled, noise precision / scale^2.
+            "log_likelihood": _plain(metrics.mc_log_likelihood(
+                result.samples.squeeze(-1) * scale, data.y_test * scale, tau / scale**2)),
             "coverage_95": _plain(metrics.interval_coverage(
                 mean, variance, data.y_test, level=0.95)),
         }
