@@ -198,7 +198,7 @@ class TinyShakespeare(LanguageModelTask):
     defaults = {
         "rates": [0.0, 0.3],
         "seeds": [0],
-        "epochs": 4,
+        "epochs": 10,
         "batch_size": 32,
         "lr": 3e-3,
         "weight_decay": 0.0,
