@@ -4,7 +4,7 @@ The public API is flat: ``dropkit.Dropout``, ``dropkit.functional.dropout``,
 ``dropkit.random`` (the Philox contract).
 """
 
-from dropkit import analysis, distributed, functional, mc, metrics, random, schedule, uci
+from dropkit import analysis, distributed, functional, mc, metrics, random, schedule
 from dropkit.check import Finding, check, recalibrate_batchnorm, variance_shift
 from dropkit.convert import Conversion, convert, set_p
 from dropkit.losses import r_drop_loss
@@ -69,3 +69,13 @@ __all__ = [
     "set_p",
     "variance_shift",
 ]
+
+
+def __getattr__(name: str):
+    # dropkit.uci is also a script (`python -m dropkit.uci`); importing it eagerly here
+    # would make runpy warn that the module was already imported.
+    if name == "uci":
+        import importlib
+
+        return importlib.import_module("dropkit.uci")
+    raise AttributeError(f"module 'dropkit' has no attribute {name!r}")
