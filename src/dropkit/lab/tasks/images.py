@@ -47,14 +47,26 @@ class ImageMLP(nn.Module):
 
 
 class ImageCNN(nn.Module):
-    """Two conv-ReLU-pool blocks with channel dropout after each, then dense 128 with dropout.
+    """Two conv-ReLU-pool blocks with channel dropout after each, then dense with dropout.
 
     The layout of the Keras MNIST CNN example (narrower: 16 and 32 channels).
-    Shape: ``(N, 1, 28, 28)`` -> ``(N, 10)``.
+    Shape: ``(N, 1, H, W)`` -> ``(N, 10)``; ``input_size=(H, W)`` sizes the dense
+    layer, or ``pool_to=(h, w)`` average-pools the maps to a fixed grid first
+    (inputs of varying size, e.g. spectrograms).
     """
 
-    def __init__(self, p: float, variant: str = "standard", width: int = 16, hidden: int = 128):
+    def __init__(
+        self,
+        p: float,
+        variant: str = "standard",
+        width: int = 16,
+        hidden: int = 128,
+        *,
+        input_size: tuple[int, int] = (28, 28),
+        pool_to: Optional[tuple[int, int]] = None,
+    ):
         super().__init__()
+        grid = pool_to or (input_size[0] // 4, input_size[1] // 4)
         self.features = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1),
             nn.ReLU(),
@@ -64,10 +76,11 @@ class ImageCNN(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2),
             make_dropout(variant, p, "conv2d"),
+            nn.AdaptiveAvgPool2d(pool_to) if pool_to else nn.Identity(),
             nn.Flatten(),
         )
         self.hidden = nn.Sequential(
-            nn.Linear(2 * width * 7 * 7, hidden),
+            nn.Linear(2 * width * grid[0] * grid[1], hidden),
             nn.ReLU(),
             make_dropout(variant, p, "dense"),
         )

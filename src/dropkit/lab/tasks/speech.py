@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import nn
 
 from dropkit.lab.datasets import DatasetNotFoundError, load_fsdd
 from dropkit.lab.datasets import status as dataset_status
-from dropkit.lab.tasks import DataStatus, MissingDataError, Task, TaskData, make_dropout, register
+from dropkit.lab.tasks import DataStatus, MissingDataError, Task, TaskData, register
+from dropkit.lab.tasks.images import ImageCNN
 
-__all__ = ["SpeechCNN"]
+__all__ = ["speech_cnn"]
 
 
-class SpeechCNN(nn.Module):
+def speech_cnn(p: float, variant: str = "standard") -> nn.Module:
     """Two conv-ReLU-pool blocks over (mel, time), spatial (channel) dropout after each, then an
     average-pooled dense layer with dropout.
 
@@ -24,31 +24,8 @@ class SpeechCNN(nn.Module):
     time-frequency bins are strongly correlated, so element-wise masks would
     barely regularise. Shape: ``(N, 1, mels, frames)`` -> ``(N, 10)``.
     """
-
-    def __init__(self, p: float, variant: str = "standard", width: int = 8, hidden: int = 64):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            make_dropout(variant, p, "conv2d"),
-            nn.Conv2d(width, 2 * width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            make_dropout(variant, p, "conv2d"),
-            # Fixed 4x4 grid whatever the spectrogram size, so the dense layer stays small.
-            nn.AdaptiveAvgPool2d((4, 4)),
-            nn.Flatten(),
-        )
-        self.hidden = nn.Sequential(
-            nn.Linear(2 * width * 16, hidden),
-            nn.ReLU(),
-            make_dropout(variant, p, "dense"),
-        )
-        self.head = nn.Linear(hidden, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.hidden(self.features(x)))
+    # A fixed 4x4 grid whatever the spectrogram size keeps the dense layer small.
+    return ImageCNN(p, variant, width=8, hidden=64, pool_to=(4, 4))
 
 
 class Fsdd(Task):
@@ -90,7 +67,7 @@ class Fsdd(Task):
         )
 
     def build_model(self, p: float, variant: str = "standard") -> nn.Module:
-        return SpeechCNN(p, variant)
+        return speech_cnn(p, variant)
 
 
 register(Fsdd())
