@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from dropkit.lab.cli import app
 from dropkit.lab.optuna_sweep import redact
+from tests.lab.test_ddp import run_in_session
 
 optuna = pytest.importorskip("optuna")
 
@@ -32,10 +33,7 @@ def _lab(*args):
 
 def _cli(*args, env=None):
     """The real console entry point in a fresh process (workers are spawned processes)."""
-    return subprocess.run(
-        [sys.executable, "-m", "dropkit", "lab", *map(str, args)],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
+    return run_in_session([sys.executable, "-m", "dropkit", "lab", *map(str, args)], env=env)
 
 
 def _runs(store: Path, experiment: str) -> list[dict]:

@@ -110,9 +110,14 @@ def run(
         None, "--report", "-o", help="Also write the HTML report to this path."
     ),
     progress: bool = typer.Option(True, help="Show progress bars with ETA."),
+    ddp: Optional[int] = typer.Option(
+        None, "--ddp", help="Train each run data-parallel on N local processes (gloo on CPU, "
+        "NCCL on GPUs); under torchrun the ranks are torchrun's. See docs/scaling.md."
+    ),
 ) -> None:
     """Train a grid of variants x rates x seeds on one task, then print the comparison table."""
     from dropkit.lab.config import ConfigError, build_config
+    from dropkit.lab.ddp import launched_by_torchrun, run_experiment_ddp
     from dropkit.lab.report.table import comparison_table
     from dropkit.lab.store import ConfigConflictError, open_store
     from dropkit.lab.summary import summarise
@@ -130,13 +135,22 @@ def run(
     except ConfigError as error:
         _fail(str(error))
     path = _store_path(store)
+    data_parallel = ddp is not None or launched_by_torchrun()
+    if data_parallel:
+        try:
+            result = run_experiment_ddp(path, experiment_config, ddp)
+        except (ConfigError, ConfigConflictError) as error:
+            _fail(str(error))
+        if result is None:
+            return  # a torchrun rank other than 0: rank 0 reports
     with open_store(path) as handle:
         existing = handle.get_experiment(experiment_config.name)
         if existing is not None and existing.task != experiment_config.task:
             _fail(f"experiment {experiment_config.name!r} exists for task {existing.task!r}, "
                   f"not {experiment_config.task!r}; choose another --name")
         try:
-            result = run_experiment(handle, experiment_config, show_progress=progress)
+            if not data_parallel:
+                result = run_experiment(handle, experiment_config, show_progress=progress)
         except ConfigConflictError as error:
             _fail(str(error))
         _console.print(
