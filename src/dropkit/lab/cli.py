@@ -110,9 +110,14 @@ def run(
         None, "--report", "-o", help="Also write the HTML report to this path."
     ),
     progress: bool = typer.Option(True, help="Show progress bars with ETA."),
+    ddp: Optional[int] = typer.Option(
+        None, "--ddp", help="Train each run data-parallel on N local processes (gloo on CPU, "
+        "NCCL on GPUs); under torchrun the ranks are torchrun's. See docs/scaling.md."
+    ),
 ) -> None:
     """Train a grid of variants x rates x seeds on one task, then print the comparison table."""
     from dropkit.lab.config import ConfigError, build_config
+    from dropkit.lab.ddp import launched_by_torchrun, run_experiment_ddp
     from dropkit.lab.report.table import comparison_table
     from dropkit.lab.store import ConfigConflictError, open_store
     from dropkit.lab.summary import summarise
@@ -130,13 +135,22 @@ def run(
     except ConfigError as error:
         _fail(str(error))
     path = _store_path(store)
+    data_parallel = ddp is not None or launched_by_torchrun()
+    if data_parallel:
+        try:
+            result = run_experiment_ddp(path, experiment_config, ddp)
+        except (ConfigError, ConfigConflictError) as error:
+            _fail(str(error))
+        if result is None:
+            return  # a torchrun rank other than 0: rank 0 reports
     with open_store(path) as handle:
         existing = handle.get_experiment(experiment_config.name)
         if existing is not None and existing.task != experiment_config.task:
             _fail(f"experiment {experiment_config.name!r} exists for task {existing.task!r}, "
                   f"not {experiment_config.task!r}; choose another --name")
         try:
-            result = run_experiment(handle, experiment_config, show_progress=progress)
+            if not data_parallel:
+                result = run_experiment(handle, experiment_config, show_progress=progress)
         except ConfigConflictError as error:
             _fail(str(error))
         _console.print(
@@ -148,6 +162,87 @@ def run(
         _console.print(comparison_table(summarise(handle, experiment)))
         if report is not None:
             _write_report(handle, experiment, report)
+
+
+@lab.command()
+def sweep(
+    task: Optional[str] = typer.Argument(None, help="Task name (see `dropkit lab tasks`)."),
+    trials: int = typer.Option(20, help="Total trials of the study, over all workers."),
+    storage: Optional[str] = typer.Option(
+        None, help="Optuna storage URL: sqlite:///FILE, journal:///FILE or "
+        "postgresql://USER@HOST:PORT/DB (password: PGPASSWORD or ~/.pgpass). Default: SQLite "
+        "beside the run store for one worker, the journal file for several."
+    ),
+    workers: int = typer.Option(1, help="Local worker processes; each joins the same study."),
+    study: Optional[str] = typer.Option(
+        None, "--study", help="Study name, also the run store's experiment name "
+        "(default: TASK-sweep). Workers with the same name and storage share the study."
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML experiment file."),
+    variants: Optional[str] = typer.Option(
+        None, help="Dropout variants to search, comma-separated (default: all)."
+    ),
+    rate_min: float = typer.Option(0.0, help="Lower end of the searched dropout rate."),
+    rate_max: float = typer.Option(0.8, help="Upper end of the searched dropout rate."),
+    seed: int = typer.Option(0, help="Training seed of every trial (and of a lone worker's TPE)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per trial."),
+    batch_size: Optional[int] = typer.Option(None, help="Minibatch size."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
+    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay."),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads per worker."),
+    mc_samples: Optional[int] = typer.Option(None, help="Stochastic passes for MC averaging."),
+    prune_after: int = typer.Option(
+        5, help="Median pruning starts once this many trials have finished."
+    ),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the data."),
+    store: Optional[Path] = StoreOption,
+    report: Optional[Path] = typer.Option(
+        None, "--report", "-o", help="Also write the HTML report to this path."
+    ),
+) -> None:
+    """Search dropout variant and rate with Optuna (TPE, median pruning); trials are lab runs."""
+    from dropkit.lab.config import ConfigError, build_config
+    from dropkit.lab.optuna_sweep import (
+        StudyConfig,
+        SweepError,
+        default_storage,
+        redact,
+        run_sweep,
+    )
+    from dropkit.lab.tasks import VARIANTS
+
+    try:
+        chosen = (list(VARIANTS) if variants is None
+                  else [v.strip() for v in variants.split(",") if v.strip()])
+        experiment_config = build_config(
+            task, config, name=study or (f"{task}-sweep" if task else None),
+            rates=[rate_min], seeds=[seed], variants=chosen, epochs=epochs,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, threads=threads,
+            mc_samples=mc_samples, data_dir=None if data_dir is None else str(data_dir),
+        )
+        path = _store_path(store)
+        study_config = StudyConfig(
+            experiment_config, trials=trials,
+            storage=storage or default_storage(path, workers), rate_min=rate_min,
+            rate_max=rate_max, pruner_startup_trials=prune_after,
+        )
+        summary = run_sweep(path, study_config, workers=workers)
+    except (ConfigError, SweepError) as error:
+        _fail(redact(str(error), storage))
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary["counts"].items()))
+    _console.print(
+        f"study {study_config.name!r} in {redact(study_config.storage, storage)}: {counts} "
+        f"after {summary['seconds']:.1f} s; run store {path}", highlight=False,
+    )
+    if summary["best"] is not None:
+        best = summary["best"]
+        _console.print(f"best trial {best['number']}: {best['params']} -> "
+                       f"{study_config.metric} {best['value']:.4g}", highlight=False)
+    if report is not None:
+        from dropkit.lab.store import open_store
+
+        with open_store(path) as handle:
+            _write_report(handle, handle.get_experiment(study_config.name), report)
 
 
 @lab.command("list")

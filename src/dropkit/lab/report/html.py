@@ -153,8 +153,8 @@ def _bn_library(summary: ExperimentSummary) -> str:
             f"<th>BatchNorm layer</th><th>shift</th></tr>{body}</table>")
 
 
-def render_report(summary: ExperimentSummary) -> str:
-    """The report of ``summary`` as one HTML string."""
+def render_report(summary: ExperimentSummary, sections: str = "") -> str:
+    """The report of ``summary`` as one HTML string; ``sections``: extra HTML after the body."""
     experiment = summary.experiment
     if not summary.groups:
         body = '<p class="muted">No finished runs yet.</p>'
@@ -194,6 +194,7 @@ curve reaches.</p>
 {_data_notes(summary)}
 <p class="muted">Generated {generated}. {len(summary.all_runs)} run(s) recorded.</p>{notes}
 {body}
+{sections}
 <h2>Exact config</h2><pre>{escape(json.dumps(experiment.config, indent=2, sort_keys=True))}</pre>
 </body></html>
 """
@@ -205,7 +206,9 @@ def _fmt(value: Optional[float]) -> str:
 
 def write_report(store: RunStore, experiment: ExperimentRecord, path: Path) -> Path:
     """Render ``experiment``'s report and write it atomically to ``path``."""
-    text = render_report(summarise(store, experiment))
+    from dropkit.lab.report.sweep import sweep_section
+
+    text = render_report(summarise(store, experiment), sweep_section(store, experiment))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".html.tmp")

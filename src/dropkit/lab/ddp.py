@@ -1,0 +1,328 @@
+"""``dropkit lab run ... --ddp N``: the experiment grid, each run trained data-parallel.
+
+Two ways to start the ranks:
+
+* ``dropkit lab run TASK --ddp N`` spawns N local processes
+  (:func:`torch.multiprocessing.start_processes`, rendezvous on a free
+  loopback port);
+* ``torchrun --nproc_per_node N [--nnodes ...] -m dropkit lab run TASK`` starts
+  them itself; the command sees ``WORLD_SIZE``/``RANK`` and joins
+  (``--ddp`` is optional there and, if given, has to equal ``WORLD_SIZE``).
+
+Backend: NCCL when every rank has a GPU of its own, else gloo on the CPU.
+
+What each step does, and why the result is sound:
+
+* The global minibatch is the same as in a single-process run (one shared
+  shuffle permutation); rank r trains on its ``r``-th slice, and its loss is
+  scaled by ``N * len(slice) / len(batch)``, so DDP's gradient average is the
+  gradient of the whole minibatch's mean loss even when slices differ in size.
+  A last minibatch smaller than N is skipped on every rank alike.
+* The forward runs inside ``RNGTracker.fork`` of a per-rank stream
+  (:mod:`dropkit.distributed`): dropout masks differ across ranks, yet each is
+  a pure function of the run seed and the rank, so a rerun reproduces them.
+* DDP all-reduces gradients, so replicas stay identical; after every epoch the
+  ranks compare parameters (all-reduce of max and min) and the largest
+  difference is recorded with the run (``ddp.replica_max_abs_diff``).
+* Only rank 0 touches the run store (epochs, checkpoints, measurements); it
+  broadcasts what it read (resume checkpoint) to the other ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dropkit.distributed import RNGTracker
+from dropkit.lab import measure
+from dropkit.lab.config import ConfigError, ExperimentConfig
+from dropkit.lab.store import ConfigConflictError, open_store
+from dropkit.lab.sweep import SweepResult, _save_model
+from dropkit.lab.tasks import Task, TaskData, get_task
+from dropkit.lab.train import RunConfig, _checkpoint, _restore, evaluate
+
+__all__ = ["launched_by_torchrun", "run_experiment_ddp", "torchrun_rank"]
+
+_STREAM = "lab-data-parallel"
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one rank of a ``torchrun`` (or compatible) launch."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def torchrun_rank() -> int:
+    return int(os.environ["RANK"])
+
+
+def _world_from_env(ddp: Optional[int]) -> int:
+    world = int(os.environ["WORLD_SIZE"])
+    if ddp is not None and ddp != world:
+        raise ConfigError(
+            f"--ddp {ddp} disagrees with torchrun's WORLD_SIZE={world}; drop --ddp or make "
+            "them equal"
+        )
+    return world
+
+
+def _check_world(world_size: int) -> None:
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ConfigError(f"--ddp has to be an integer >= 1 (processes), but got {world_size!r}")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _device(backend: str) -> torch.device:
+    if backend == "nccl":
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def run_key(run: RunConfig, world_size: int) -> str:
+    return f"{run.key}/ddp={world_size}"
+
+
+def _run_config(run: RunConfig, world_size: int) -> dict:
+    return {**run.to_dict(), "ddp": world_size}
+
+
+def train_run_ddp(
+    task: Task,
+    data: TaskData,
+    config: RunConfig,
+    *,
+    device: torch.device,
+    checkpoint: Optional[bytes] = None,
+    on_epoch=None,
+) -> tuple[nn.Module, dict]:
+    """:func:`dropkit.lab.train.train_run` on this rank's slice of every minibatch.
+
+    Returns the trained module (unwrapped, eval mode) and the DDP facts rank 0
+    records: world size, backend, first step's stream seed per rank, the largest
+    parameter difference between replicas seen after any epoch.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(config.seed)  # same on every rank: the tracker's contract
+    model = task.build_model(config.p, config.variant).to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    shuffle = torch.Generator().manual_seed(config.seed)
+    first_epoch = 1
+    if checkpoint is not None:
+        first_epoch = _restore(checkpoint, model, optimizer, shuffle) + 1
+    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                      else None)
+    tracker = RNGTracker()
+    tracker.add_per_rank(_STREAM)
+
+    x, y = data.x_train.to(device), data.y_train.to(device)
+    first_seed: Optional[int] = None
+    replica_diff = 0.0
+    for epoch in range(first_epoch, config.epochs + 1):
+        start = time.perf_counter()
+        wrapped.train()
+        fit_loss = torch.zeros((), dtype=torch.float64, device=device)
+        batches = 0
+        for batch in torch.randperm(len(x), generator=shuffle).split(config.batch_size):
+            if len(batch) < world:
+                continue  # every rank sees the same length, so all skip it together
+            shard = batch.tensor_split(world)[rank].to(device)
+            with tracker.fork(_STREAM):
+                if first_seed is None:
+                    # fork re-seeded the generator: its seed keys every mask of this step.
+                    first_seed = torch.initial_seed()
+                output = wrapped(x[shard])
+            loss = task.loss(output, y[shard])
+            optimizer.zero_grad(set_to_none=True)
+            (loss * (world * len(shard) / len(batch))).backward()
+            optimizer.step()
+            fit_loss += loss.detach().double() * (len(shard) / len(batch))
+            batches += 1
+        dist.all_reduce(fit_loss)
+        epoch_time = time.perf_counter() - start
+        replica_diff = max(replica_diff, _replica_difference(model))
+        if rank == 0:
+            train_loss, train_metric = evaluate(model, task, x, y, data.y_scale)
+            test_loss, test_metric = evaluate(
+                model, task, data.x_test.to(device), data.y_test.to(device), data.y_scale
+            )
+            metrics = {
+                "fit_loss": fit_loss.item() / max(batches, 1),
+                "train_loss": train_loss,
+                "test_loss": test_loss,
+                f"train_{task.metric}": train_metric,
+                f"test_{task.metric}": test_metric,
+                "epoch_time": epoch_time,
+            }
+            if on_epoch is not None:
+                on_epoch(epoch, metrics, _checkpoint(model, optimizer, shuffle, epoch))
+    seeds: list = [None] * world
+    dist.all_gather_object(seeds, first_seed)
+    facts = {"world_size": world, "backend": dist.get_backend(),
+             "first_step_stream_seeds": seeds, "replica_max_abs_diff": replica_diff}
+    return model.eval(), facts
+
+
+def _replica_difference(model: nn.Module) -> float:
+    flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return (high - low).abs().max().item()
+
+
+def _broadcast(value):
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _rank_main(store_path: Optional[Path], config: ExperimentConfig, world: int,
+               result_path: Optional[str]) -> Optional[SweepResult]:
+    """One rank's work over the whole grid; rank 0 alone reads and writes the store."""
+    rank = dist.get_rank()
+    backend = dist.get_backend()
+    device = _device(backend)
+    task = get_task(config.task)
+    data = task.load(None if config.data_dir is None else Path(config.data_dir))
+    torch.set_num_threads(config.threads)
+    store = open_store(store_path) if rank == 0 else None
+    result = SweepResult(0)
+    start = time.perf_counter()
+    try:
+        plan = None
+        if rank == 0:
+            plan, error = None, None
+            try:
+                plan = _plan(store, config, world, result)
+            except ConfigConflictError as conflict:
+                error = str(conflict)
+            _broadcast(error)
+            if error is not None:
+                raise ConfigConflictError(error)
+        else:
+            error = _broadcast(None)
+            if error is not None:
+                raise ConfigConflictError(error)
+        count = _broadcast(None if plan is None else len(plan))
+        for index in range(count):
+            item = _broadcast(plan[index] if rank == 0 else None)
+            run = RunConfig(**item["run"])
+
+            def on_epoch(epoch, metrics, blob, run_id=item["run_id"]):
+                store.log_epoch(run_id, epoch, metrics, blob)
+
+            model, facts = train_run_ddp(
+                task, data, run, device=device, checkpoint=item["checkpoint"],
+                on_epoch=on_epoch if rank == 0 else None,
+            )
+            if rank == 0:
+                model = model.cpu()
+                measurements = measure.final_measurements(
+                    task, model, data, seed=run.seed, mc_samples=config.mc_samples
+                )
+                measurements["ddp"] = facts
+                path = _save_model(model, store.artefact_dir(item["run_id"]))
+                store.finish_run(item["run_id"], measurements, {"model": str(path)})
+            dist.barrier()
+        result.seconds = time.perf_counter() - start
+        if rank == 0 and result_path is not None:
+            Path(result_path).write_text(json.dumps(dataclasses.asdict(result)))
+        return result if rank == 0 else None
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _plan(store, config: ExperimentConfig, world: int, result: SweepResult) -> list[dict]:
+    """Rank 0: which runs to train (resuming where a checkpoint allows), like the grid does."""
+    existing = store.get_experiment(config.name)
+    wanted = {**config.to_dict(), "ddp": world}
+    if existing is not None and existing.config.get("ddp") != world:
+        raise ConfigConflictError(
+            f"experiment {config.name!r} was trained with ddp={existing.config.get('ddp')}, "
+            f"not {world}; choose another --name"
+        )
+    experiment = store.ensure_experiment(config.name, config.task, wanted)
+    result.experiment_id = experiment.id
+    plan = []
+    for run in config.runs():
+        key = run_key(run, world)
+        record = store.ensure_run(experiment.id, key, _run_config(run, world))
+        if record.status == "finished":
+            result.skipped.append(key)
+            continue
+        saved = store.checkpoint(record.id)
+        if saved is None or saved[0] != len(store.epochs(record.id)):
+            store.restart_run(record.id)
+            saved = None
+        (result.resumed if saved else result.trained).append(key)
+        plan.append({"run": run.to_dict(), "run_id": record.id,
+                     "checkpoint": None if saved is None else saved[1]})
+    return plan
+
+
+def _spawned(rank: int, port: int, world: int, store_path: str, config: ExperimentConfig,
+             result_path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world else (
+        "gloo")
+    if backend == "nccl":
+        os.environ["LOCAL_RANK"] = str(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        _rank_main(Path(store_path), config, world, result_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_experiment_ddp(store_path: Path, config: ExperimentConfig,
+                       world_size: Optional[int]) -> Optional[SweepResult]:
+    """Train ``config``'s grid data-parallel; returns the result on rank 0 (or the launcher).
+
+    Under torchrun this process is one rank and ``world_size`` may be ``None``;
+    otherwise ``world_size`` processes are spawned here and this call waits.
+    Non-zero torchrun ranks return ``None``.
+    """
+    if launched_by_torchrun():
+        world = _world_from_env(world_size)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        try:
+            return _rank_main(store_path if torchrun_rank() == 0 else None, config, world, None)
+        finally:
+            dist.destroy_process_group()
+    _check_world(world_size)
+    import torch.multiprocessing as mp
+
+    # Check for conflicts here, where an error can still be a clean message, before
+    # any rank starts (rank 0 plans again: the store may change in between).
+    with open_store(store_path) as store:
+        _plan(store, config, world_size, SweepResult(0))
+
+    with tempfile.TemporaryDirectory() as folder:
+        result_path = os.path.join(folder, "result.json")
+        mp.start_processes(
+            _spawned, args=(_free_port(), world_size, str(store_path), config, result_path),
+            nprocs=world_size, join=True, start_method="spawn",
+        )
+        return SweepResult(**json.loads(Path(result_path).read_text()))
