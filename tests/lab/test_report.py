@@ -5,7 +5,13 @@ import subprocess
 
 import pytest
 
-from dropkit.lab.report.claims import NOT_MEASURED, NOT_SUPPORTED, SUPPORTED, evaluate_claims
+from dropkit.lab.report.claims import (
+    MIXED,
+    NOT_MEASURED,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    evaluate_claims,
+)
 from dropkit.lab.report.html import render_report, write_report
 from dropkit.lab.store import open_store
 from dropkit.lab.summary import summarise
@@ -34,7 +40,7 @@ def test_report_is_self_contained_and_escapes_names(tiny_store, tmp_path):
 def test_claims_have_one_computed_verdict_each(tiny_store):
     claims = evaluate_claims(_summary(*tiny_store))
     assert len(claims) == 9
-    assert {c.verdict for c in claims} <= {SUPPORTED, NOT_SUPPORTED, NOT_MEASURED}
+    assert {c.verdict for c in claims} <= {SUPPORTED, MIXED, NOT_SUPPORTED, NOT_MEASURED}
     by_claim = {c.claim: c for c in claims}
     # The breast-cancer MLP has no BatchNorm: that claim cannot be measured on it.
     batchnorm = by_claim["Dropout needs care with batch normalisation (variance shift)"]
@@ -64,6 +70,8 @@ def _store_with_gaps(path, gaps):
         ({0.0: [0.30, 0.31], 0.5: [0.10, 0.11]}, SUPPORTED),  # 0.2 lower, s.e. 0.007
         ({0.0: [0.30, 0.31], 0.5: [0.29, 0.31]}, NOT_SUPPORTED),  # within noise
         ({0.0: [0.10, 0.11], 0.5: [0.30, 0.31]}, NOT_SUPPORTED),  # larger gap
+        # p=0.2 smaller beyond noise, p=0.5 larger beyond noise: neither verdict alone is honest.
+        ({0.0: [0.20, 0.21], 0.2: [0.10, 0.11], 0.5: [0.30, 0.31]}, MIXED),
     ],
 )
 def test_overfitting_verdict_follows_the_numbers(tmp_path, gaps, verdict):

@@ -14,9 +14,11 @@ from typing import Optional
 
 from dropkit.lab.summary import ExperimentSummary, GroupSummary, Stat
 
-__all__ = ["Claim", "evaluate_claims", "SUPPORTED", "NOT_SUPPORTED", "NOT_MEASURED"]
+__all__ = ["Claim", "evaluate_claims", "SUPPORTED", "MIXED", "NOT_SUPPORTED", "NOT_MEASURED"]
 
 SUPPORTED, NOT_SUPPORTED, NOT_MEASURED = "supported", "not supported", "not measured"
+#: Some rates support the claim beyond noise while others contradict it beyond noise.
+MIXED = "mixed"
 _SIGMAS = 2.0
 #: Weight scaling "approximates" MC averaging when within this much accuracy (or 2% RMSE).
 _WS_TOLERANCE_ACC = 0.01
@@ -67,12 +69,24 @@ def _compare_claim(
     pairs = [(b, g) for b, g in _pairs(summary) if stat(b) is not None and stat(g) is not None]
     if not pairs:
         return Claim(claim, measurement, "needs p=0 and p>0 runs", NOT_MEASURED)
-    lines, any_better = [], False
+    lines, supporting, contradicting = [], [], []
     for base, group in pairs:
         better, text = _better(stat(group), stat(base), sign)
-        any_better |= better
+        worse, _ = _better(stat(group), stat(base), -sign)
+        if better:
+            supporting.append(_label(group))
+        elif worse:
+            contradicting.append(_label(group))
         lines.append(f"{_label(group)}: {stat(group)} vs p=0: {stat(base)} ({text})")
-    return Claim(claim, measurement, "; ".join(lines), SUPPORTED if any_better else NOT_SUPPORTED)
+    if supporting and contradicting:
+        # Saying "supported" here would hide the rates where dropout did the opposite.
+        lines.append(
+            f"supported at {', '.join(supporting)}; contradicted at {', '.join(contradicting)}"
+        )
+        verdict = MIXED
+    else:
+        verdict = SUPPORTED if supporting else NOT_SUPPORTED
+    return Claim(claim, measurement, "; ".join(lines), verdict)
 
 
 def _ablation_drop(summary: ExperimentSummary, group: GroupSummary) -> Optional[Stat]:

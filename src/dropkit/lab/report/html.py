@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from dropkit.lab.report import plots
-from dropkit.lab.report.claims import NOT_MEASURED, SUPPORTED, evaluate_claims
+from dropkit.lab.report.claims import MIXED, NOT_MEASURED, SUPPORTED, evaluate_claims
 from dropkit.lab.report.table import _cell
 from dropkit.lab.store import ExperimentRecord, RunStore
 from dropkit.lab.summary import ExperimentSummary, summarise
@@ -32,6 +32,7 @@ th { background: #f2f2f5; } td.left, th.left { text-align: left; }
 img { max-width: 100%; } .muted { color: #666; }
 .verdict { font-weight: bold; white-space: nowrap; }
 .supported { color: #17692b; } .not-supported { color: #a11; } .not-measured { color: #777; }
+.mixed { color: #9a6200; }
 pre { background: #f6f6f8; padding: 0.8em; overflow-x: auto; }
 """
 
@@ -72,8 +73,9 @@ def _table(summary: ExperimentSummary) -> str:
 def _claims(summary: ExperimentSummary) -> str:
     rows = []
     for claim in evaluate_claims(summary):
-        css = {SUPPORTED: "supported", NOT_MEASURED: "not-measured"}.get(claim.verdict,
-                                                                          "not-supported")
+        css = {SUPPORTED: "supported", MIXED: "mixed", NOT_MEASURED: "not-measured"}.get(
+            claim.verdict, "not-supported"
+        )
         rows.append(
             f'<tr><td class="left">{escape(claim.claim)}</td>'
             f'<td class="left">{escape(claim.measurement)}</td>'
