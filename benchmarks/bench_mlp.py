@@ -72,6 +72,16 @@ def _measure(batch: int, dtype: torch.dtype, steps: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def _loadavg() -> str:
+    # The machine is shared: the load average says how much the step times
+    # can be trusted.
+    try:
+        with open("/proc/loadavg") as stats:
+            return " ".join(stats.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
@@ -84,6 +94,7 @@ def main() -> None:
     print(
         f"date {date.today()} | {torch.get_num_threads()} torch threads | torch {torch.__version__}"
         f" | dropkit backend {kernels.backend_name(torch.empty(0))} | median of {steps} steps"
+        f" | load average {_loadavg()}"
     )
     print(
         "\n| weights | batch | no dropout ms | torch.nn.Dropout ms (overhead) "
@@ -99,6 +110,7 @@ def main() -> None:
                 for name in ("torch", "dropkit")
             ]
             print(f"| {dtype_label} | {batch} | {base * 1e3:.2f} | " + " | ".join(cells) + " |")
+    print(f"\nload average at the end {_loadavg()}")
 
 
 if __name__ == "__main__":
