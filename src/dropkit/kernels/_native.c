@@ -473,8 +473,8 @@ DK_AVX512 static inline void dk_keys512_init(const dk_job *job, dk_keys512 *keys
 
 /* hi/lo halves of the 32x32 -> 64-bit products of sixteen lanes by one
  * constant. vpmuludq multiplies the even lanes; the odd lanes are shifted
- * down (on the multiply port, leaving the shuffle port to the permutes) for a
- * second multiply, and one vpermt2d per half interleaves the two products. */
+ * down (a shift, not a shuffle, so the one shuffle port is left to the
+ * permutes) for a second multiply, and one vpermt2d per half interleaves the two products. */
 DK_AVX512 static inline void dk_mulhilo16(__m512i value, __m512i multiplier, __m512i *hi,
                                           __m512i *lo) {
     const __m512i lo_index =
