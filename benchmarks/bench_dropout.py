@@ -108,6 +108,24 @@ def _print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 
+def _forced_isa(isa: str, fn):
+    def run():
+        kernels.native_module().set_isa(isa)
+        return fn()
+
+    return run
+
+
+def _loadavg() -> str:
+    # The machine is shared: the load average says how much the wall-clock
+    # numbers can be trusted.
+    try:
+        with open("/proc/loadavg") as stats:
+            return " ".join(stats.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def _cpu_time_single_thread(numel: int, dtype: torch.dtype, repeats: int) -> dict[str, float]:
     """Median CPU seconds of one thread, in place, no allocation: the kernel's own cost.
 
@@ -124,6 +142,13 @@ def _cpu_time_single_thread(numel: int, dtype: torch.dtype, repeats: int) -> dic
         "torch dropout_": lambda: F.dropout(y, P, True, inplace=True),
         "dropkit": lambda: kernels.mask_scale_(y, 1, 0, threshold, 65536 / threshold),
     }
+    native = kernels.native_module()
+    # Every instruction-set path this CPU can run, side by side with the
+    # default ("dropkit" = the best one), so the gain of each is measured.
+    for isa in native.available_isas() if native is not None else ():
+        contenders[f"dropkit {isa}"] = _forced_isa(
+            isa, lambda: kernels.mask_scale_(y, 1, 0, threshold, 65536 / threshold)
+        )
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     try:
         for _ in range(repeats):
@@ -133,6 +158,8 @@ def _cpu_time_single_thread(numel: int, dtype: torch.dtype, repeats: int) -> dic
                 samples[name].append(time.thread_time() - start)
     finally:
         torch.set_num_threads(previous)
+        if native is not None:
+            native.set_isa("auto")
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -163,7 +190,8 @@ def main() -> None:
 
     print(
         f"date {date.today()} | {_cpu_model()} | {torch.get_num_threads()} torch threads | "
-        f"torch {torch.__version__} | dropkit backend {kernels.backend_name(torch.empty(0))}"
+        f"torch {torch.__version__} | dropkit backend {kernels.backend_name(torch.empty(0))} | "
+        f"load average {_loadavg()}"
     )
     compiled = None
     if not (args.quick or args.no_compile):
@@ -175,6 +203,7 @@ def main() -> None:
     ]
     _print_table("One thread, in place, CPU time of the calling thread", cpu_rows)
     if args.cpu_time_only:
+        print(f"\nload average at the end {_loadavg()}")
         return
 
     forward_rows, backward_rows = [], []
@@ -202,6 +231,7 @@ def main() -> None:
                 f"  {dtype_label} {name:8s} {per_element * x.numel():>10.0f} bytes "
                 f"= {per_element:.6f} bytes/element"
             )
+    print(f"\nload average at the end {_loadavg()}")
 
 
 if __name__ == "__main__":

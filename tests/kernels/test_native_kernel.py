@@ -1,9 +1,10 @@
 """The native CPU kernel must reproduce ``dropkit/kernels/reference.py`` bit for bit.
 
-Every instruction-set path the CPU offers (``portable`` always, ``avx2`` where
-available) is checked against the reference for every dtype, full 64-bit seeds
-and offsets, thresholds including 0 and 65536, sizes around the 8-lane block
-and 64-element group boundaries, and 1 vs 2 threads.
+Every instruction-set path (``portable`` always, ``avx2`` and ``avx512`` where
+the CPU has them; the others skip with the reason) is checked against the
+reference for every dtype, full 64-bit seeds and offsets, thresholds including
+0 and 65536, sizes around the 8-lane block and the 64-element (AVX2) and
+128-element (AVX-512) group boundaries, and 1 vs 2 threads.
 """
 
 from __future__ import annotations
@@ -29,14 +30,27 @@ needs_native = pytest.mark.skipif(native is None, reason="native kernel not buil
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 _INT_VIEW = {8: torch.int64, 4: torch.int32, 2: torch.int16}
-# Sizes at the edges of a Philox block (8), an AVX2 group (64), the parallel
-# cut-over (65536) and a work chunk (32768).
-EDGE_SIZES = [0, 1, 7, 8, 9, 63, 64, 65, 127, 1000, 32769, 65535, 65536, 65537, 131073]
+# Sizes at the edges of a Philox block (8), an AVX2 group (64), an AVX-512
+# group (128), the parallel cut-over (65536) and a work chunk (32768).
+EDGE_SIZES = [0, 1, 7, 8, 9, 63, 64, 65, 127, 128, 129, 255, 1000, 32769, 65535, 65536, 65537]
+EDGE_SIZES += [131073]
+ISAS = ["portable", "avx2", "avx512"]
 THRESHOLDS = [0, 1, 2, 32768, 52429, 65535, 65536]
 
 
-def _isas() -> tuple[str, ...]:
-    return native.available_isas() if native is not None else ()
+def _isa_params() -> list:
+    """One test id per instruction set, skipped with a reason where it cannot run."""
+    params = []
+    for isa in ISAS:
+        if native is None:
+            reason = "native kernel not built/disabled"
+        elif isa not in native.available_isas():
+            reason = f"this CPU (or build) has no {isa} path; available: {native.available_isas()}"
+        else:
+            reason = ""
+        skip = pytest.mark.skipif(bool(reason), reason=reason)
+        params.append(pytest.param(isa, id=isa, marks=skip))
+    return params
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -117,6 +131,7 @@ def isa_restored():
 
 
 @needs_native
+@pytest.mark.parametrize("isa", _isa_params())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -128,32 +143,65 @@ def isa_restored():
     threshold=st.one_of(st.sampled_from(THRESHOLDS), st.integers(0, 65536)),
     data_seed=st.integers(0, 2**31),
 )
-def test_bit_identical_to_reference(isa_restored, dtype, numel, seed, offset, threshold, data_seed):
+def test_bit_identical_to_reference(
+    isa_restored, isa, dtype, numel, seed, offset, threshold, data_seed
+):
     x = _input(numel, dtype, data_seed)
     scale = _scale(threshold)
     expected = reference.mask_scale(x, seed, offset, threshold, scale)
-    for isa in _isas():
-        native.set_isa(isa)
-        for threads in (1, 2):
-            out = _native_call(x, torch.empty_like(x), seed, offset, threshold, scale, threads)
-            _assert_bit_identical(out, expected)
-        inplace = x.clone()
-        _native_call(inplace, inplace, seed, offset, threshold, scale, 2)
-        _assert_bit_identical(inplace, expected)
+    assert native.set_isa(isa) == isa
+    for threads in (1, 2):
+        out = _native_call(x, torch.empty_like(x), seed, offset, threshold, scale, threads)
+        _assert_bit_identical(out, expected)
+    inplace = x.clone()
+    _native_call(inplace, inplace, seed, offset, threshold, scale, 2)
+    _assert_bit_identical(inplace, expected)
 
 
 @needs_native
+@pytest.mark.parametrize("isa", _isa_params())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_multi_chunk_tensor_with_extreme_seed_and_offset(isa_restored, dtype):
+def test_tails_never_touch_memory_past_the_end(isa_restored, isa, dtype):
+    # Ragged tails use masked (AVX-512) or buffered (AVX2) loads and stores:
+    # every size up to two AVX-512 groups must match the reference and leave
+    # the elements just past the end, and before the start, alone.
+    native.set_isa(isa)
+    pad = 40
+    source = _input(256 + 2 * pad, dtype, 5)
+    for numel in range(1, 257):
+        x = source[pad : pad + numel]
+        expected = reference.mask_scale(x, 9, 10, 30000, _scale(30000))
+        buffer = torch.full((numel + 2 * pad,), 7.0, dtype=dtype)
+        out = buffer[pad : pad + numel]
+        _native_call(x, out, 9, 10, 30000, _scale(30000), 1)
+        _assert_bit_identical(out, expected)
+        assert torch.all(buffer[:pad] == 7.0) and torch.all(buffer[pad + numel :] == 7.0), numel
+
+
+@needs_native
+def test_best_isa_is_the_default_and_each_can_be_forced(isa_restored):
+    available = native.available_isas()
+    assert available[0] == "portable" and set(available) <= set(ISAS)
+    assert list(available) == ISAS[: len(available)]  # preference order: avx512 > avx2 > portable
+    assert native.set_isa("auto") == available[-1]
+    assert kernels.backend_name(torch.empty(3)) == f"native-{available[-1]}"
+    for isa in available:
+        assert native.set_isa(isa) == isa and native.isa() == isa
+        assert kernels.backend_name(torch.empty(3)) == f"native-{isa}"
+
+
+@needs_native
+@pytest.mark.parametrize("isa", _isa_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_multi_chunk_tensor_with_extreme_seed_and_offset(isa_restored, isa, dtype):
     # Several work chunks, a ragged tail, and all-ones / top-bit key and
     # counter words (sign-extension mistakes would show up here).
     x = _input(200_003, dtype, 7)
     seed, offset, threshold = 2**64 - 1, 2**63 + 12345, 40000
     expected = reference.mask_scale(x, seed, offset, threshold, _scale(threshold))
-    for isa in _isas():
-        native.set_isa(isa)
-        out = _native_call(x, torch.empty_like(x), seed, offset, threshold, _scale(threshold), 2)
-        _assert_bit_identical(out, expected)
+    native.set_isa(isa)
+    out = _native_call(x, torch.empty_like(x), seed, offset, threshold, _scale(threshold), 2)
+    _assert_bit_identical(out, expected)
 
 
 @needs_native
@@ -252,7 +300,8 @@ def test_bad_arguments_are_reported():
         native.mask_scale(x.data_ptr(), x.data_ptr(), -1, 0, 0, 0, 1, 1.0, 1)
     with pytest.raises(ValueError, match="null data pointer"):
         native.mask_scale(0, 0, 4, 0, 0, 0, 1, 1.0, 1)
-    with pytest.raises(ValueError, match="isa must be 'auto', 'portable' or 'avx2', got 'sse9'"):
+    allowed = "'auto', 'portable', 'avx2' or 'avx512'"
+    with pytest.raises(ValueError, match=f"isa must be {allowed}, got 'sse9'"):
         native.set_isa("sse9")
 
 

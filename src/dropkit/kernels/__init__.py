@@ -14,8 +14,9 @@ backend produces the same bits.
 
 Dispatch (``backend_name(x)`` says which one serves ``x``):
 
-* ``"native-avx2"`` / ``"native-portable"``: the compiled kernel
-  (``_native.c``) for CPU tensors of dtype float32, float64, float16 and
+* ``"native-avx512"`` / ``"native-avx2"`` / ``"native-portable"``: the
+  compiled kernel (``_native.c``, the best instruction set the CPU has, chosen
+  at run time) for CPU tensors of dtype float32, float64, float16 and
   bfloat16, run on ``torch.get_num_threads()`` threads;
 * ``"reference"``: :mod:`dropkit.kernels.reference` for everything else (CUDA,
   other dtypes), when ``DROPKIT_NATIVE=0``, or when the compiled module is

@@ -18,9 +18,11 @@
  * version. It is a CPython extension only for packaging; the GIL is released
  * while it runs.
  *
- * Speed comes from three things: the AVX2 path runs eight Philox blocks per
- * vector and fuses the mask with the load/scale/store (chosen at run time with
- * __builtin_cpu_supports, so the build never uses -march=native); large
+ * Speed comes from three things: the AVX-512 path runs sixteen Philox blocks
+ * per vector (the AVX2 path eight) and fuses the mask with the
+ * load/scale/store (the best path is chosen at run time with
+ * __builtin_cpu_supports, in the order avx512 > avx2 > portable, so the build
+ * never uses -march=native); large
  * tensors are split into chunks claimed dynamically by a small pthread pool of
  * torch.get_num_threads() threads (no OpenMP: a second OpenMP runtime next to
  * torch's is what we must avoid, and libgomp hangs a forked child that enters
@@ -443,6 +445,237 @@ static int dk_cpu_has_avx2(void) {
     if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
     return (ecx >> 29) & 1u;
 }
+
+/* ------------------------------------------------------------------------ */
+/* AVX-512 path: sixteen Philox blocks per __m512i, one group = 128         */
+/* elements. Needs AVX-512F (zmm, opmasks), BW (16-bit compares and masks)  */
+/* and VL (masked 256-bit loads/stores for float16 tails).                  */
+
+#define DK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c")))
+#define DK_GROUP512 128
+
+/* Round keys, broadcast once per range rather than once per group: a
+ * vpbroadcastd from a general register would take the shuffle port, which the
+ * multiplies' hi/lo permutes already saturate. */
+typedef struct {
+    __m512i k0[10], k1[10];
+} dk_keys512;
+
+DK_AVX512 static inline void dk_keys512_init(const dk_job *job, dk_keys512 *keys) {
+    uint32_t k0 = job->key0, k1 = job->key1;
+    for (int round = 0; round < 10; round++) {
+        keys->k0[round] = _mm512_set1_epi32((int)k0);
+        keys->k1[round] = _mm512_set1_epi32((int)k1);
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
+    }
+}
+
+/* hi/lo halves of the 32x32 -> 64-bit products of sixteen lanes by one
+ * constant. vpmuludq multiplies the even lanes; the odd lanes are shifted
+ * down (a shift, not a shuffle, so the one shuffle port is left to the
+ * permutes) for a second multiply, and one vpermt2d per half interleaves the two products. */
+DK_AVX512 static inline void dk_mulhilo16(__m512i value, __m512i multiplier, __m512i *hi,
+                                          __m512i *lo) {
+    const __m512i lo_index =
+        _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    const __m512i hi_index =
+        _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    __m512i even = _mm512_mul_epu32(value, multiplier);
+    __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(value, 32), multiplier);
+    *lo = _mm512_permutex2var_epi32(even, lo_index, odd);
+    *hi = _mm512_permutex2var_epi32(even, hi_index, odd);
+}
+
+/* keep[k] bit e says whether element 32k + e of the group survives. */
+typedef struct {
+    __mmask32 keep[4];
+} dk_keep128;
+
+/* Philox for the 16 blocks starting at `block`, compared against the threshold. */
+DK_AVX512 static inline dk_keep128 dk_keep_group512(uint64_t block, const dk_job *job,
+                                                    const dk_keys512 *keys) {
+    dk_keep128 result;
+    if (!job->need_rng) {
+        __mmask32 all = job->threshold ? (__mmask32)0xFFFFFFFFu : (__mmask32)0;
+        result.keep[0] = result.keep[1] = result.keep[2] = result.keep[3] = all;
+        return result;
+    }
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i base_lo = _mm512_set1_epi32((int)(uint32_t)block);
+    __m512i c0 = _mm512_add_epi32(base_lo, iota);
+    /* Lanes whose low counter word wrapped carry into the high word (only
+     * reachable beyond 2**35 elements, but free: one compare per group). */
+    __mmask16 carry = _mm512_cmplt_epu32_mask(c0, base_lo);
+    __m512i c1 = _mm512_set1_epi32((int)(uint32_t)(block >> 32));
+    c1 = _mm512_mask_add_epi32(c1, carry, c1, _mm512_set1_epi32(1));
+    __m512i c2 = _mm512_set1_epi32((int)job->ctr2);
+    __m512i c3 = _mm512_set1_epi32((int)job->ctr3);
+    const __m512i m0 = _mm512_set1_epi32((int)PHILOX_M0);
+    const __m512i m1 = _mm512_set1_epi32((int)PHILOX_M1);
+    for (int round = 0; round < 10; round++) {
+        __m512i hi0, lo0, hi1, lo1;
+        dk_mulhilo16(c0, m0, &hi0, &lo0);
+        dk_mulhilo16(c2, m1, &hi1, &lo1);
+        /* 0x96 is the truth table of a ^ b ^ c: one vpternlogd per word. */
+        c0 = _mm512_ternarylogic_epi32(hi1, c1, keys->k0[round], 0x96);
+        c2 = _mm512_ternarylogic_epi32(hi0, c3, keys->k1[round], 0x96);
+        c1 = lo1;
+        c3 = lo0;
+    }
+    /* Transpose words-by-block into blocks in element order. Within each
+     * 128-bit lane L the unpacks leave u_j = block 4L + j; the 128-bit
+     * shuffles then gather lane L of u_0..u_3 into lanes[L] = blocks 4L..4L+3,
+     * i.e. the 32 16-bit lanes of elements 32L .. 32L+31 in order. */
+    __m512i t0 = _mm512_unpacklo_epi32(c0, c1);
+    __m512i t1 = _mm512_unpackhi_epi32(c0, c1);
+    __m512i t2 = _mm512_unpacklo_epi32(c2, c3);
+    __m512i t3 = _mm512_unpackhi_epi32(c2, c3);
+    __m512i u0 = _mm512_unpacklo_epi64(t0, t2);
+    __m512i u1 = _mm512_unpackhi_epi64(t0, t2);
+    __m512i u2 = _mm512_unpacklo_epi64(t1, t3);
+    __m512i u3 = _mm512_unpackhi_epi64(t1, t3);
+    __m512i v0 = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(1, 0, 1, 0));
+    __m512i v1 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m512i v2 = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 2, 3, 2));
+    __m512i v3 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m512i lanes[4];
+    lanes[0] = _mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(2, 0, 2, 0));
+    lanes[1] = _mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(3, 1, 3, 1));
+    lanes[2] = _mm512_shuffle_i32x4(v2, v3, _MM_SHUFFLE(2, 0, 2, 0));
+    lanes[3] = _mm512_shuffle_i32x4(v2, v3, _MM_SHUFFLE(3, 1, 3, 1));
+    /* threshold is in [1, 65535] here, so it fits an unsigned 16-bit lane. */
+    const __m512i limit = _mm512_set1_epi16((short)job->threshold);
+    for (int k = 0; k < 4; k++) result.keep[k] = _mm512_cmplt_epu16_mask(lanes[k], limit);
+    return result;
+}
+
+/* Load/store masks: which of the `width` elements starting at `at` lie
+ * below `count` (all of them in a full group). */
+static inline uint32_t dk_valid_bits(unsigned count, unsigned at, unsigned width) {
+    if (count >= at + width) return width == 32 ? 0xFFFFFFFFu : (1u << width) - 1u;
+    if (count <= at) return 0;
+    return (1u << (count - at)) - 1u;
+}
+
+/* float32 -> bfloat16 rounded to nearest even, left in the high 16 bits of
+ * each 32-bit slot (the low 16 bits are garbage); NaN stays a quiet NaN with
+ * its top payload bits, exactly as dk_f32_to_bf16. vcvtneps2bf16 is not used:
+ * it flushes subnormal inputs to zero, which the reference does not. */
+DK_AVX512 static inline __m512i dk_bf16_round16(__m512 value) {
+    __m512i bits = _mm512_castps_si512(value);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lsb);
+    __mmask16 is_nan = _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
+    return _mm512_mask_or_epi32(rounded, is_nan, bits, _mm512_set1_epi32(0x00400000));
+}
+
+/* Up to one group: `count` (1..128) elements starting at element
+ * 8*first_block; src and dst point at the group's first element. Tails use
+ * masked loads and stores, which never touch memory past the end. Inlined
+ * with count = 128 for full groups, where every mask is all-ones. */
+DK_AVX512 static inline __attribute__((always_inline)) void
+dk_group_avx512(const dk_job *job, const dk_keys512 *keys, uint64_t first_block, const void *src,
+                void *dst, unsigned count) {
+    dk_keep128 mask = dk_keep_group512(first_block, job, keys);
+    switch (job->dtype) {
+    case DK_F32: {
+        const float *x = (const float *)src;
+        float *y = (float *)dst;
+        const __m512 scale = _mm512_set1_ps(job->scale32);
+        for (unsigned k = 0; k < 4; k++) {
+            for (unsigned h = 0; h < 2; h++) {
+                const unsigned at = 32 * k + 16 * h;
+                __mmask16 valid = (__mmask16)dk_valid_bits(count, at, 16);
+                __mmask16 keep = (__mmask16)(mask.keep[k] >> (16 * h));
+                __m512 value = _mm512_maskz_loadu_ps(valid, x + at);
+                _mm512_mask_storeu_ps(y + at, valid, _mm512_maskz_mul_ps(keep, value, scale));
+            }
+        }
+        break;
+    }
+    case DK_F64: {
+        const double *x = (const double *)src;
+        double *y = (double *)dst;
+        const __m512d scale = _mm512_set1_pd(job->scale64);
+        for (unsigned k = 0; k < 4; k++) {
+            for (unsigned q = 0; q < 4; q++) {
+                const unsigned at = 32 * k + 8 * q;
+                __mmask8 valid = (__mmask8)dk_valid_bits(count, at, 8);
+                __mmask8 keep = (__mmask8)(mask.keep[k] >> (8 * q));
+                __m512d value = _mm512_maskz_loadu_pd(valid, x + at);
+                _mm512_mask_storeu_pd(y + at, valid, _mm512_maskz_mul_pd(keep, value, scale));
+            }
+        }
+        break;
+    }
+    case DK_F16: {
+        const uint16_t *x = (const uint16_t *)src;
+        uint16_t *y = (uint16_t *)dst;
+        const __m512 scale = _mm512_set1_ps(job->scale32);
+        for (unsigned k = 0; k < 4; k++) {
+            for (unsigned h = 0; h < 2; h++) {
+                const unsigned at = 32 * k + 16 * h;
+                __mmask16 valid = (__mmask16)dk_valid_bits(count, at, 16);
+                __mmask16 keep = (__mmask16)(mask.keep[k] >> (16 * h));
+                __m512 value = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(valid, x + at));
+                value = _mm512_maskz_mul_ps(keep, value, scale);
+                _mm256_mask_storeu_epi16(
+                    y + at, valid,
+                    _mm512_cvtps_ph(value, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            }
+        }
+        break;
+    }
+    default: {
+        const uint16_t *x = (const uint16_t *)src;
+        uint16_t *y = (uint16_t *)dst;
+        const __m512 scale = _mm512_set1_ps(job->scale32);
+        const __m512i high_half = _mm512_set1_epi32((int)0xFFFF0000u);
+        for (unsigned k = 0; k < 4; k++) {
+            const unsigned at = 32 * k;
+            __mmask32 valid = (__mmask32)dk_valid_bits(count, at, 32);
+            /* bfloat16 is the top half of a float32: in each 32-bit slot the
+             * even element widens by a shift and the odd one by a mask, so no
+             * shuffle is needed and the order never changes. */
+            __m512i raw = _mm512_maskz_loadu_epi16(valid, x + at);
+            __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+            __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(raw, high_half));
+            __m512i even_bits = dk_bf16_round16(_mm512_mul_ps(even, scale));
+            __m512i odd_bits = dk_bf16_round16(_mm512_mul_ps(odd, scale));
+            /* 0xF8 = a | (b & c): even result into the low half, odd kept high. */
+            __m512i packed = _mm512_ternarylogic_epi32(_mm512_srli_epi32(even_bits, 16), odd_bits,
+                                                       high_half, 0xF8);
+            _mm512_mask_storeu_epi16(y + at, valid, _mm512_maskz_mov_epi16(mask.keep[k], packed));
+        }
+        break;
+    }
+    }
+}
+
+/* Elements [start, end); start must be a multiple of DK_GROUP512. */
+DK_AVX512 static void dk_range_avx512(const dk_job *job, size_t start, size_t end) {
+    size_t elem = dk_elem_size[job->dtype];
+    const char *src = (const char *)job->src;
+    char *dst = (char *)job->dst;
+    dk_keys512 keys;
+    dk_keys512_init(job, &keys);
+    size_t base = start;
+    for (; base + DK_GROUP512 <= end; base += DK_GROUP512)
+        dk_group_avx512(job, &keys, (uint64_t)(base / 8), src + base * elem, dst + base * elem,
+                        DK_GROUP512);
+    if (base < end)
+        dk_group_avx512(job, &keys, (uint64_t)(base / 8), src + base * elem, dst + base * elem,
+                        (unsigned)(end - base));
+}
+
+static int dk_cpu_has_avx512(void) {
+    /* __builtin_cpu_supports also checks that the OS saves the opmask and
+     * zmm state (XCR0). The AVX-512 path uses F16C-era conversions too. */
+    __builtin_cpu_init();
+    return dk_cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
 #endif /* DK_HAVE_AVX2 */
 
 /* ------------------------------------------------------------------------ */
@@ -450,13 +683,15 @@ static int dk_cpu_has_avx2(void) {
 
 typedef void (*dk_range_fn)(const dk_job *, size_t, size_t);
 
-enum { DK_ISA_PORTABLE = 0, DK_ISA_AVX2 = 1 };
-static const char *const dk_isa_names[] = {"portable", "avx2"};
+/* Ordered by preference: every ISA up to the best one runs on this CPU. */
+enum { DK_ISA_PORTABLE = 0, DK_ISA_AVX2 = 1, DK_ISA_AVX512 = 2, DK_ISA_COUNT = 3 };
+static const char *const dk_isa_names[] = {"portable", "avx2", "avx512"};
 static int dk_isa_best = DK_ISA_PORTABLE;
 static int dk_isa = DK_ISA_PORTABLE;
 
 static dk_range_fn dk_range_for(int isa) {
 #if DK_HAVE_AVX2
+    if (isa == DK_ISA_AVX512) return dk_range_avx512;
     if (isa == DK_ISA_AVX2) return dk_range_avx2;
 #endif
     (void)isa;
@@ -716,13 +951,22 @@ PyDoc_STRVAR(dk_available_isas_doc,
 static PyObject *dk_py_available_isas(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    if (dk_isa_best == DK_ISA_AVX2) return Py_BuildValue("(ss)", "portable", "avx2");
-    return Py_BuildValue("(s)", "portable");
+    PyObject *names = PyTuple_New(dk_isa_best + 1);
+    if (!names) return NULL;
+    for (int isa = 0; isa <= dk_isa_best; isa++) {
+        PyObject *name = PyUnicode_FromString(dk_isa_names[isa]);
+        if (!name) {
+            Py_DECREF(names);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(names, isa, name);
+    }
+    return names;
 }
 
 PyDoc_STRVAR(dk_set_isa_doc,
-             "set_isa(name) -> str\n--\n\nUse instruction set `name` ('portable', 'avx2' or "
-             "'auto' for the best available); returns the one now in use. For tests and "
+             "set_isa(name) -> str\n--\n\nUse instruction set `name` ('portable', 'avx2', "
+             "'avx512' or 'auto' for the best available); returns the one now in use. For tests and "
              "benchmarks.");
 
 static PyObject *dk_py_set_isa(PyObject *self, PyObject *arg) {
@@ -731,17 +975,19 @@ static PyObject *dk_py_set_isa(PyObject *self, PyObject *arg) {
     if (!name) return NULL;
     if (strcmp(name, "auto") == 0) {
         dk_isa = dk_isa_best;
-    } else if (strcmp(name, "portable") == 0) {
-        dk_isa = DK_ISA_PORTABLE;
-    } else if (strcmp(name, "avx2") == 0) {
-        if (dk_isa_best != DK_ISA_AVX2)
-            return PyErr_Format(PyExc_ValueError, "this CPU (or build) cannot run isa 'avx2'");
-        dk_isa = DK_ISA_AVX2;
-    } else {
-        return PyErr_Format(PyExc_ValueError,
-                            "isa must be 'auto', 'portable' or 'avx2', got %R", arg);
+        return PyUnicode_FromString(dk_isa_names[dk_isa]);
     }
-    return PyUnicode_FromString(dk_isa_names[dk_isa]);
+    for (int isa = 0; isa < DK_ISA_COUNT; isa++) {
+        if (strcmp(name, dk_isa_names[isa]) != 0) continue;
+        if (isa > dk_isa_best)
+            return PyErr_Format(PyExc_ValueError,
+                                "this CPU (or build) cannot run isa %R; available up to '%s'",
+                                arg, dk_isa_names[dk_isa_best]);
+        dk_isa = isa;
+        return PyUnicode_FromString(dk_isa_names[dk_isa]);
+    }
+    return PyErr_Format(PyExc_ValueError,
+                        "isa must be 'auto', 'portable', 'avx2' or 'avx512', got %R", arg);
 }
 
 static PyMethodDef dk_methods[] = {
@@ -760,7 +1006,9 @@ static struct PyModuleDef dk_module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
 #if DK_HAVE_AVX2
-    dk_isa_best = dk_cpu_has_avx2() ? DK_ISA_AVX2 : DK_ISA_PORTABLE;
+    dk_isa_best = dk_cpu_has_avx512() ? DK_ISA_AVX512
+                  : dk_cpu_has_avx2()   ? DK_ISA_AVX2
+                                        : DK_ISA_PORTABLE;
 #endif
     dk_isa = dk_isa_best;
 #if DK_HAVE_PTHREADS
