@@ -305,3 +305,20 @@ def test_module_repr_and_p_is_assignable_for_schedules():
     x = torch.randn(1, 1, 6, 6)
     assert module(x) is x
     assert "p=0.2" in repr(dropkit.DropPath(0.2))
+
+
+@pytest.mark.parametrize(
+    "shape, block", [((2, 3, 5, 6), (3, 2)), ((1, 2, 8, 8), (7, 7)), ((2, 2, 4, 5, 6), (2, 3, 4))]
+)
+def test_seed_expansion_equals_block_wide_max_pooling(shape, block):
+    from dropkit.nn.conv import _expand_seeds
+
+    seeds = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+    # Brute force: a seed at i covers [i, i + block) along every axis.
+    expected = torch.zeros(
+        *shape[:2], *(n + b - 1 for n, b in zip(shape[2:], block, strict=True))
+    )
+    for index in seeds.nonzero().tolist():
+        window = [slice(i, i + b) for i, b in zip(index[2:], block, strict=True)]
+        expected[(index[0], index[1], *window)] = 1.0
+    assert torch.equal(_expand_seeds(seeds, block), expected)

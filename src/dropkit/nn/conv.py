@@ -66,21 +66,25 @@ def drop_block_gamma(p: float, feature_size: Sequence[int], block_size: Sequence
 
 
 def _expand_seeds(seeds: Tensor, block_size: tuple[int, ...]) -> Tensor:
-    # A seed at valid position i covers [i, i + block). Padding the seed grid by
-    # block - 1 zeros on both sides and max-pooling with a block-wide window maps
-    # it back to the feature size, for odd and even blocks alike. The pooling is
-    # separable (one axis at a time): sum(block) comparisons per unit, not prod(block).
+    # A seed at valid position i covers [i, i + block). Along each axis, position j
+    # of the feature map is covered when a seed lies in [j - block + 1, j]: a sliding
+    # window count, computed as the difference of a cumulative sum over the seed grid
+    # padded with block zeros before (one for the sum's leading zero) and block - 1
+    # after. Linear in the map size whatever the block, and 4x faster on CPU than
+    # max-pooling with a block-wide window (2026-11-25, one thread, 32x256x14x14, block 7).
+    # Counts of 0/1 values stay exact in float32 far beyond any feature size.
     spatial = len(block_size)
-    pool = torch_F.max_pool2d if spatial == 2 else torch_F.max_pool3d
     covered = seeds
     for axis, size in enumerate(block_size):
         if size == 1:
             continue
+        dim = covered.dim() - spatial + axis
         pad = [0, 0] * spatial
-        pad[2 * (spatial - 1 - axis)] = pad[2 * (spatial - 1 - axis) + 1] = size - 1
-        kernel = [1] * spatial
-        kernel[axis] = size
-        covered = pool(torch_F.pad(covered, pad), kernel_size=kernel, stride=1)
+        pad[2 * (spatial - 1 - axis)] = size
+        pad[2 * (spatial - 1 - axis) + 1] = size - 1
+        sums = torch_F.pad(covered, pad).cumsum(dim)
+        length = covered.shape[dim] + size - 1
+        covered = (sums.narrow(dim, size, length) - sums.narrow(dim, 0, length)).clamp_(max=1.0)
     return covered
 
 
