@@ -146,3 +146,29 @@ def test_missing_lab_extra_gives_an_install_hint():
                             timeout=120)
     assert result.returncode == 1
     assert "needs the lab extra (typer is missing): pip install 'dropkit[lab]'" in result.stderr
+
+
+def test_export_tensorboard_writes_every_epoch_of_every_run(tiny_store, tmp_path):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="tensorboard is not installed (it comes with the dev extra)",
+    )
+    path, name = tiny_store
+    folder = tmp_path / "tb"
+    result = _lab("export", name, "--store", path, "-o", tmp_path / "m.csv",
+                  "--tensorboard", folder)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "m.csv").open()))
+    runs = sorted(p for p in folder.iterdir() if p.is_dir())
+    assert len(runs) == len({r["run"] for r in rows}) >= 2
+    scalars = 0
+    for run in runs:
+        events = event_accumulator.EventAccumulator(str(run))
+        events.Reload()
+        loss = events.Scalars("test_loss")
+        variant, p, seed = run.name.split("_")
+        key = f"{variant}/p={p[1:]}/seed={seed[4:]}"
+        expected = [float(r["test_loss"]) for r in rows if r["run"] == key]
+        assert [e.value for e in loss] == pytest.approx(expected, rel=1e-6)
+        scalars += len(loss)
+    assert scalars == len(rows)
