@@ -49,7 +49,7 @@ from dropkit.lab.config import ConfigError, ExperimentConfig
 from dropkit.lab.store import ConfigConflictError, open_store
 from dropkit.lab.sweep import SweepResult, _save_model
 from dropkit.lab.tasks import Task, TaskData, get_task
-from dropkit.lab.train import RunConfig, _checkpoint, _restore, evaluate
+from dropkit.lab.train import RunConfig, _checkpoint, _restore, epoch_metrics
 
 __all__ = ["launched_by_torchrun", "run_experiment_ddp", "torchrun_rank"]
 
@@ -161,18 +161,9 @@ def train_run_ddp(
         epoch_time = time.perf_counter() - start
         replica_diff = max(replica_diff, _replica_difference(model))
         if rank == 0:
-            train_loss, train_metric = evaluate(model, task, x, y, data.y_scale)
-            test_loss, test_metric = evaluate(
-                model, task, data.x_test.to(device), data.y_test.to(device), data.y_scale
+            metrics = epoch_metrics(
+                model, task, data, x, y, fit_loss.item() / max(batches, 1), epoch_time
             )
-            metrics = {
-                "fit_loss": fit_loss.item() / max(batches, 1),
-                "train_loss": train_loss,
-                "test_loss": test_loss,
-                f"train_{task.metric}": train_metric,
-                f"test_{task.metric}": test_metric,
-                "epoch_time": epoch_time,
-            }
             if on_epoch is not None:
                 on_epoch(epoch, metrics, _checkpoint(model, optimizer, shuffle, epoch))
     seeds: list = [None] * world

@@ -69,6 +69,31 @@ def evaluate(
     return task.loss(outputs, y).item(), task.score(outputs, y, y_scale)
 
 
+def epoch_metrics(
+    model: nn.Module,
+    task: Task,
+    data: TaskData,
+    x_train: Tensor,
+    y_train: Tensor,
+    fit_loss: float,
+    epoch_time: float,
+) -> dict[str, float]:
+    """The per-epoch record: mean optimisation loss, time, and train/test loss and metric."""
+    device = x_train.device
+    train_loss, train_metric = evaluate(model, task, x_train, y_train, data.y_scale)
+    test_loss, test_metric = evaluate(
+        model, task, data.x_test.to(device), data.y_test.to(device), data.y_scale
+    )
+    return {
+        "fit_loss": fit_loss,
+        "train_loss": train_loss,
+        "test_loss": test_loss,
+        f"train_{task.metric}": train_metric,
+        f"test_{task.metric}": test_metric,
+        "epoch_time": epoch_time,
+    }
+
+
 def _checkpoint(model: nn.Module, optimizer, shuffle: torch.Generator, epoch: int) -> bytes:
     # Both generators are saved: torch's global one draws the dropout seeds
     # (dropkit.random.draw_seed), ``shuffle`` orders the batches. Restoring them
@@ -136,16 +161,7 @@ def train_run(
             fit_loss, batches = fit_loss + loss.item(), batches + 1
         epoch_time = time.perf_counter() - start
 
-        train_loss, train_metric = evaluate(model, task, x, y, data.y_scale)
-        test_loss, test_metric = evaluate(model, task, data.x_test, data.y_test, data.y_scale)
-        metrics = {
-            "fit_loss": fit_loss / batches,
-            "train_loss": train_loss,
-            "test_loss": test_loss,
-            f"train_{task.metric}": train_metric,
-            f"test_{task.metric}": test_metric,
-            "epoch_time": epoch_time,
-        }
+        metrics = epoch_metrics(model, task, data, x, y, fit_loss / batches, epoch_time)
         if on_epoch is not None:
             on_epoch(epoch, metrics, _checkpoint(model, optimizer, shuffle, epoch))
     return model.eval()
