@@ -251,3 +251,12 @@ def test_weight_scaling_vs_mc():
     # One thinned net errs more often than the 50-sample average.
     assert comparison.mc_error[0] > comparison.mc_error[1]
     assert "T=50" in str(comparison)
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 32768, 65535, 65536])
+def test_kernel_masks_equal_the_reference_lanes(threshold):
+    from dropkit.mc import _keep, _lanes
+
+    seeds, offsets = [3, 2**64 - 1, 12345], [0, 7, (5 << 48) | 9]
+    reference = _lanes(seeds, offsets, 37, "cpu") < threshold
+    assert torch.equal(_keep(seeds, offsets, 37, threshold, "cpu"), reference)
