@@ -17,11 +17,12 @@ from torch import nn
 from dropkit.lab.datasets import DatasetNotFoundError, load_train_test
 from dropkit.lab.datasets import status as dataset_status
 from dropkit.lab.tasks import DataStatus, MissingDataError, Task, TaskData, make_dropout, register
+from dropkit.lab.tasks.mnist1d import MLP
 
 __all__ = ["ImageCNN", "ImageMLP"]
 
 
-class ImageMLP(nn.Module):
+class ImageMLP(MLP):
     """784-h-h-10 with dropout after each hidden ReLU (Srivastava et al., 2014's MNIST MLPs
     used 1024-2048 units; 512 keeps one epoch at a few seconds on one core).
 
@@ -30,20 +31,8 @@ class ImageMLP(nn.Module):
     """
 
     def __init__(self, p: float, variant: str = "standard", hidden: int = 512):
-        super().__init__()
-        self.hidden = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(28 * 28, hidden),
-            nn.ReLU(),
-            make_dropout(variant, p, "dense"),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            make_dropout(variant, p, "dense"),
-        )
-        self.head = nn.Linear(hidden, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.hidden(x))
+        super().__init__(28 * 28, p, variant, hidden=hidden)
+        self.hidden.insert(0, nn.Flatten())
 
 
 class ImageCNN(nn.Module):
