@@ -29,6 +29,7 @@ from datetime import date
 
 import torch
 import torch.nn.functional as F
+from _machine import loadavg
 
 import dropkit
 from dropkit import kernels
@@ -116,15 +117,6 @@ def _forced_isa(isa: str, fn):
     return run
 
 
-def _loadavg() -> str:
-    # The machine is shared: the load average says how much the wall-clock
-    # numbers can be trusted.
-    try:
-        with open("/proc/loadavg") as stats:
-            return " ".join(stats.read().split()[:3])
-    except OSError:
-        return "unknown"
-
 
 def _cpu_time_single_thread(numel: int, dtype: torch.dtype, repeats: int) -> dict[str, float]:
     """Median CPU seconds of one thread, in place, no allocation: the kernel's own cost.
@@ -191,7 +183,7 @@ def main() -> None:
     print(
         f"date {date.today()} | {_cpu_model()} | {torch.get_num_threads()} torch threads | "
         f"torch {torch.__version__} | dropkit backend {kernels.backend_name(torch.empty(0))} | "
-        f"load average {_loadavg()}"
+        f"load average {loadavg()}"
     )
     compiled = None
     if not (args.quick or args.no_compile):
@@ -203,7 +195,7 @@ def main() -> None:
     ]
     _print_table("One thread, in place, CPU time of the calling thread", cpu_rows)
     if args.cpu_time_only:
-        print(f"\nload average at the end {_loadavg()}")
+        print(f"\nload average at the end {loadavg()}")
         return
 
     forward_rows, backward_rows = [], []
@@ -231,7 +223,7 @@ def main() -> None:
                 f"  {dtype_label} {name:8s} {per_element * x.numel():>10.0f} bytes "
                 f"= {per_element:.6f} bytes/element"
             )
-    print(f"\nload average at the end {_loadavg()}")
+    print(f"\nload average at the end {loadavg()}")
 
 
 if __name__ == "__main__":

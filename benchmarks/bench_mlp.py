@@ -22,6 +22,7 @@ import time
 from datetime import date
 
 import torch
+from _machine import loadavg
 from torch import nn
 
 import dropkit
@@ -77,15 +78,6 @@ def _measure(batch: int, dtype: torch.dtype, steps: int, clock=time.perf_counter
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def _loadavg() -> str:
-    # The machine is shared: the load average says how much the step times
-    # can be trusted.
-    try:
-        with open("/proc/loadavg") as stats:
-            return " ".join(stats.read().split()[:3])
-    except OSError:
-        return "unknown"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -107,7 +99,7 @@ def main() -> None:
         f"date {date.today()} | {torch.get_num_threads()} torch threads | torch {torch.__version__}"
         f" | dropkit backend {kernels.backend_name(torch.empty(0))} | median of {steps} steps"
         f" | {'CPU time of the calling thread' if args.cpu_time else 'wall time'}"
-        f" | load average {_loadavg()}"
+        f" | load average {loadavg()}"
     )
     print(
         "\n| weights | batch | no dropout ms | torch.nn.Dropout ms (overhead) "
@@ -123,7 +115,7 @@ def main() -> None:
                 for name in ("torch", "dropkit")
             ]
             print(f"| {dtype_label} | {batch} | {base * 1e3:.2f} | " + " | ".join(cells) + " |")
-    print(f"\nload average at the end {_loadavg()}")
+    print(f"\nload average at the end {loadavg()}")
 
 
 if __name__ == "__main__":
