@@ -87,7 +87,7 @@ def test_mc_scores_match_metrics():
     x = torch.randn(7, 3)
     y = np.random.default_rng(1).normal(size=7)
     rmse, ll, standard = uci._mc_scores(
-        net, x, y, (0.5, 2.0), torch.tensor([3.0]), 5, torch.Generator().manual_seed(1)
+        net, x, y, (0.5, 2.0), torch.tensor([3.0]), 5, uci._MaskStream(1)
     )
     with torch.no_grad():
         prediction = (net.forward(x.unsqueeze(0), None)[0].double() * 2.0 + 0.5).numpy()
@@ -102,12 +102,66 @@ def test_grid_training_reduces_loss():
     x = torch.randn(256, 3)
     y = x @ torch.tensor([1.0, -1.0, 0.5])
     protocol = uci.UCIProtocol()
-    net, grid = uci._train_grid(x, y, (0.01, 0.05), (1.0,), 16, 150, protocol, generator)
+    net, grid = uci._train_grid(
+        x, y, (0.01, 0.05), (1.0,), 16, 150, protocol, generator, uci._MaskStream(0)
+    )
     assert grid == [(0.01, 1.0), (0.05, 1.0)]
     with torch.no_grad():
         error = ((net.forward(x.unsqueeze(0).expand(2, -1, -1), None) - y) ** 2).mean(1)
     # A linear target: 300 Adam steps must remove most of its variance.
     assert (error < 0.2 * y.var()).all()
+
+
+def test_hand_derived_gradients_equal_autograd():
+    # The same Philox masks, re-drawn from the same (seed, offset) pairs, under autograd.
+    groups, inputs, hidden, batch = 4, 3, 5, 7
+    keep = torch.tensor([0.5, 0.5, 0.9, 1.0])
+    net = uci._GridMLP(groups, inputs, hidden, keep, torch.Generator().manual_seed(0))
+    reference = [p.clone().requires_grad_() for p in net.parameters()]
+    x, y = torch.randn(batch, inputs), torch.randn(batch)
+    decay = torch.tensor([0.1, 0.2, 0.3, 0.4])
+
+    class NoStep:
+        def step(self) -> None:
+            pass
+
+    net.step(x, y, decay, uci._MaskStream(123), NoStep())
+    replay = uci._MaskStream(123)
+    input_mask = net._drop_(torch.ones(groups, batch, inputs), replay)
+    hidden_mask = net._drop_(torch.ones(groups, batch, hidden), replay)
+    assert (input_mask[:2] == 0).any() and (input_mask[3] == 1).all()  # keep=1 drops nothing
+    w1, b1, w2, b2 = reference
+    activations = torch.relu(torch.baddbmm(b1, x * input_mask, w1)) * hidden_mask
+    prediction = torch.baddbmm(b2, activations, w2).squeeze(-1)
+    penalty = decay * ((w1**2).sum((1, 2)) + (w2**2).sum((1, 2)))
+    (((prediction - y) ** 2).mean(1).sum() + penalty.sum()).backward()
+    for mine, theirs in zip(net._grads, reference, strict=True):
+        torch.testing.assert_close(mine, theirs.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_flat_adam_is_torch_adam():
+    params, grad = torch.randn(40), torch.zeros(40)
+    theirs = params.clone().requires_grad_()
+    mine = uci._Adam(params, grad, lr=1e-2, eps=1e-7)
+    optimiser = torch.optim.Adam([theirs], lr=1e-2, eps=1e-7)
+    for _ in range(50):
+        step_grad = torch.randn(40)
+        grad.copy_(step_grad)
+        mine.step()
+        theirs.grad = step_grad
+        optimiser.step()
+    torch.testing.assert_close(params, theirs.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_select_copies_one_net():
+    net = uci._GridMLP(3, 2, 4, torch.tensor([0.9, 0.8, 0.7]), torch.Generator().manual_seed(0))
+    picked = net.select(1)
+    x = torch.randn(5, 2)
+    expected = net.forward(x.expand(3, -1, -1), None)[1]
+    torch.testing.assert_close(picked.forward(x.unsqueeze(0), None)[0], expected)
+    picked.flat.zero_()
+    assert net.w1.abs().sum() > 0  # the selection owns its weights
+    assert picked.keep.tolist() == [pytest.approx(0.8)]
 
 
 def test_cli_arguments():

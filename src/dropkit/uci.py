@@ -51,7 +51,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dropkit.random import fold_seed
+from dropkit import kernels
+from dropkit.random import fold_seed, keep_threshold
 
 __all__ = [
     "DATASETS",
@@ -357,11 +358,60 @@ class _Standardiser:
         return (values - self.mean) / self.std
 
 
+class _MaskStream:
+    """Where a split's dropout masks come from: dropkit's Philox contract.
+
+    Every mask is ``kernels.mask_scale_`` at ``(seed, offset)`` with a fresh
+    offset per call, so a split's masks are a pure function of its seed and the
+    order of the calls, on every backend (native kernel or reference).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.offset = 0
+
+    def take(self, count: int) -> int:
+        first = self.offset
+        self.offset += count
+        return first
+
+
+class _Adam:
+    """``torch.optim.Adam``'s update (no weight decay, no amsgrad) on one flat buffer.
+
+    The same arithmetic as torch's single-tensor Adam, in five in-place calls:
+    for these nets ``Optimizer.step``'s per-call Python cost was a quarter of a
+    training step.
+    """
+
+    def __init__(
+        self, params: Tensor, grad: Tensor, lr: float, eps: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+    ) -> None:
+        self.params, self.grad = params, grad
+        self.lr, self.eps, self.betas = lr, eps, betas
+        self.exp_avg = torch.zeros_like(params)
+        self.exp_avg_sq = torch.zeros_like(params)
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        beta1, beta2 = self.betas
+        self.exp_avg.lerp_(self.grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(self.grad, self.grad, value=1 - beta2)
+        correction1 = 1 - beta1**self.steps
+        correction2 = 1 - beta2**self.steps
+        denominator = (self.exp_avg_sq.sqrt() / math.sqrt(correction2)).add_(self.eps)
+        self.params.addcdiv_(self.exp_avg, denominator, value=-self.lr / correction1)
+
+
 class _GridMLP:
     """``G`` independent one-hidden-layer dropout MLPs stored as stacked tensors.
 
     Shapes: ``w1 (G, D, H)``, ``b1 (G, 1, H)``, ``w2 (G, H, 1)``, ``b2 (G, 1, 1)``;
-    ``keep (G,)`` holds each net's keep probability.
+    ``keep (G,)`` holds each net's keep probability. Gradients are derived by
+    hand (:meth:`step`): for nets this small a training step is dispatch-bound,
+    and autograd's graph doubled its cost.
     """
 
     def __init__(
@@ -370,49 +420,106 @@ class _GridMLP:
         def glorot(fan_in: int, fan_out: int) -> Tensor:
             # Keras' default initialiser, as in the reference experiments.
             limit = math.sqrt(6.0 / (fan_in + fan_out))
-            weights = torch.rand(groups, fan_in, fan_out, generator=generator) * 2 - 1
-            return (weights * limit).requires_grad_()
+            return (torch.rand(groups, fan_in, fan_out, generator=generator) * 2 - 1) * limit
 
-        self.w1 = glorot(inputs, hidden)
-        self.b1 = torch.zeros(groups, 1, hidden, requires_grad=True)
-        self.w2 = glorot(hidden, 1)
-        self.b2 = torch.zeros(groups, 1, 1, requires_grad=True)
+        self._bind(torch.cat([
+            glorot(inputs, hidden).flatten(),
+            torch.zeros(groups * hidden),
+            glorot(hidden, 1).flatten(),
+            torch.zeros(groups),
+        ]), groups, inputs, hidden)
         self._set_keep(keep)
+
+    def _bind(self, flat: Tensor, groups: int, inputs: int, hidden: int) -> None:
+        # One flat buffer for the weights and one for their gradients: the
+        # optimiser then updates everything with a handful of calls.
+        shapes = [
+            (groups, inputs, hidden), (groups, 1, hidden), (groups, hidden, 1), (groups, 1, 1)
+        ]
+        sizes = [math.prod(shape) for shape in shapes]
+
+        def views(buffer: Tensor) -> list[Tensor]:
+            return [
+                part.view(shape) for part, shape in zip(buffer.split(sizes), shapes, strict=True)
+            ]
+
+        self.flat, self.flat_grad = flat, torch.zeros_like(flat)
+        self.w1, self.b1, self.w2, self.b2 = views(flat)
+        self._grads = views(self.flat_grad)
 
     def _set_keep(self, keep: Tensor) -> None:
         self.keep = keep.to(torch.float32)
-        threshold = torch.round(keep.to(torch.float64) * 65536) - 32768
-        self._lane_threshold = threshold.to(torch.int32).view(-1, 1, 1)
-        self._inverse_keep = (65536.0 / (threshold + 32768)).to(torch.float32).view(-1, 1, 1)
+        thresholds = [keep_threshold(k) for k in keep.tolist()]
+        if 0 in thresholds:
+            raise ValueError(f"every keep probability must be > 2**-17, got {keep.tolist()}")
+        self._scale = torch.tensor([65536.0 / t for t in thresholds]).view(-1, 1, 1)
+        # The kernel takes one threshold per call: nets sharing a dropout rate are
+        # adjacent in the grid (rate-major), so one call serves each run of them.
+        self._runs: list[tuple[int, int, int, float]] = []
+        for index, threshold in enumerate(thresholds):
+            if self._runs and self._runs[-1][2] == threshold:
+                start, _, _, scale = self._runs[-1]
+                self._runs[-1] = (start, index + 1, threshold, scale)
+            else:
+                self._runs.append((index, index + 1, threshold, 65536.0 / threshold))
 
     def parameters(self) -> list[Tensor]:
         return [self.w1, self.b1, self.w2, self.b2]
 
-    def _drop(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        # One 64-bit draw yields four 16-bit lanes: ~3x cheaper than torch.rand, and
-        # mask generation dominates a step of these tiny nets. keep is quantised to
-        # 2**-16, far below the grid's resolution.
-        numel = x.numel()
-        words = torch.randint(
-            -(2**63), 2**63 - 1, (-(-numel // 4),), dtype=torch.int64, generator=generator
-        )
-        lanes = words.view(torch.int16)[:numel].view(x.shape)
-        mask = lanes < self._lane_threshold
-        return x * mask * self._inverse_keep
+    def _drop_(self, x: Tensor, stream: _MaskStream) -> Tensor:
+        """Mask and rescale the contiguous ``(G, ...)`` tensor ``x`` in place."""
+        offset = stream.take(len(self._runs))
+        for k, (start, stop, threshold, scale) in enumerate(self._runs):
+            kernels.mask_scale_(x[start:stop], stream.seed, offset + k, threshold, scale)
+        return x
 
-    def forward(self, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-        """``x (G, R, D) -> (G, R)``; dropout sampled when ``generator`` is given."""
-        if generator is not None:
-            x = self._drop(x, generator)
-        hidden = torch.relu(torch.baddbmm(self.b1, x, self.w1))
-        if generator is not None:
-            hidden = self._drop(hidden, generator)
+    def _hidden(self, x: Tensor, stream: Optional[_MaskStream]) -> tuple[Tensor, Tensor]:
+        """Dropped-out inputs and hidden activations of ``x (G, R, D)``."""
+        if stream is not None:
+            x = self._drop_(torch.empty(x.shape).copy_(x), stream)
+        hidden = torch.baddbmm(self.b1, x, self.w1).clamp_min_(0)
+        if stream is not None:
+            self._drop_(hidden, stream)
+        return x, hidden
+
+    def forward(self, x: Tensor, stream: Optional[_MaskStream]) -> Tensor:
+        """``x (G, R, D) -> (G, R)``; dropout sampled when ``stream`` is given."""
+        _, hidden = self._hidden(x, stream)
         return torch.baddbmm(self.b2, hidden, self.w2).squeeze(-1)
+
+    def step(
+        self,
+        x: Tensor,
+        y: Tensor,
+        decay: Tensor,
+        stream: _MaskStream,
+        optimiser: _Adam,
+    ) -> None:
+        """One optimiser step on ``sum_g mean_b (f_g(x_b) - y_b)**2 + decay_g |W_g|**2``."""
+        batch = x.shape[0]
+        inputs, hidden = self._hidden(x.expand(self.w1.shape[0], -1, -1), stream)
+        residual = torch.baddbmm(self.b2, hidden, self.w2).sub_(y.view(1, -1, 1))
+        grad_out = residual.mul_(2.0 / batch)
+        twice_decay = (2.0 * decay).view(-1, 1, 1)
+        grad_w1, grad_b1, grad_w2, grad_b2 = self._grads
+        torch.baddbmm(self.w2 * twice_decay, hidden.transpose(1, 2), grad_out, out=grad_w2)
+        torch.sum(grad_out, 1, keepdim=True, out=grad_b2)
+        # A unit with a positive output was kept, so its gradient carries the
+        # dropout scale; a zero output was dropped or cut by the ReLU: gradient 0.
+        # (ReLU's own backward op: a boolean mask costs 30x more on CPU here.)
+        grad_pre = torch.ops.aten.threshold_backward(
+            torch.bmm(grad_out, self.w2.transpose(1, 2)), hidden, 0
+        ).mul_(self._scale)
+        torch.baddbmm(self.w1 * twice_decay, inputs.transpose(1, 2), grad_pre, out=grad_w1)
+        torch.sum(grad_pre, 1, keepdim=True, out=grad_b1)
+        optimiser.step()
 
     def select(self, index: int) -> _GridMLP:
         picked = object.__new__(_GridMLP)
-        picked.w1, picked.b1, picked.w2, picked.b2 = (
-            p[index : index + 1].detach() for p in self.parameters()
+        _, inputs, hidden = self.w1.shape
+        picked._bind(
+            torch.cat([p[index : index + 1].flatten() for p in self.parameters()]),
+            1, inputs, hidden,
         )
         picked._set_keep(self.keep[index : index + 1])
         return picked
@@ -427,6 +534,7 @@ def _train_grid(
     epochs: int,
     protocol: UCIProtocol,
     generator: torch.Generator,
+    stream: _MaskStream,
 ) -> tuple[_GridMLP, list[tuple[float, float]]]:
     grid = [(p, t) for p in rates for t in taus]
     n = x.shape[0]
@@ -438,22 +546,12 @@ def _train_grid(
     )
     net = _GridMLP(len(grid), x.shape[1], hidden, keep, generator)
     # Keras 2.2's Adam defaults (epsilon 1e-7), as in the reference experiments.
-    optimiser = torch.optim.Adam(
-        net.parameters(), lr=protocol.learning_rate, eps=1e-7, fused=True
-    )
-    groups = len(grid)
+    optimiser = _Adam(net.flat, net.flat_grad, lr=protocol.learning_rate, eps=1e-7)
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, protocol.batch_size):
             rows = order[start : start + protocol.batch_size]
-            inputs = x[rows].unsqueeze(0).expand(groups, -1, -1)
-            prediction = net.forward(inputs, generator)
-            # Summing the per-net losses keeps every net's gradient its own.
-            loss = ((prediction - y[rows]) ** 2).mean(1).sum()
-            loss = loss + (decay * ((net.w1**2).sum((1, 2)) + (net.w2**2).sum((1, 2)))).sum()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            net.step(x[rows], y[rows], decay, stream, optimiser)
     return net, grid
 
 
@@ -465,7 +563,7 @@ def _mc_scores(
     y_scale: tuple[float, float],
     taus: Tensor,
     samples: int,
-    generator: torch.Generator,
+    stream: _MaskStream,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per net: MC RMSE, MC test log-likelihood, weight-scaling RMSE (original units).
 
@@ -484,7 +582,7 @@ def _mc_scores(
     while done < samples:
         count = min(per_chunk, samples - done)
         repeated = x.repeat(count, 1).unsqueeze(0).expand(groups, -1, -1)
-        predictions = net.forward(repeated, generator).to(torch.float64) * std_y + mean_y
+        predictions = net.forward(repeated, stream).to(torch.float64) * std_y + mean_y
         predictions = predictions.view(groups, count, rows)
         total += predictions.sum(1)
         log_kernel = -0.5 * taus64 * (target.view(1, 1, -1) - predictions) ** 2
@@ -501,9 +599,12 @@ def _mc_scores(
     return mc_rmse.numpy(), log_likelihood.numpy(), standard_rmse.numpy()
 
 
-def _split_generator(protocol: UCIProtocol, dataset: str, split: int) -> torch.Generator:
+def _split_randomness(
+    protocol: UCIProtocol, dataset: str, split: int
+) -> tuple[torch.Generator, _MaskStream]:
+    """Initial weights and batch order from a torch generator, masks from Philox."""
     seed = fold_seed(protocol.seed, zlib.crc32(dataset.encode()), split)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(seed), _MaskStream(fold_seed(seed, 1))
 
 
 def run_split(
@@ -511,7 +612,7 @@ def run_split(
 ) -> SplitResult:
     """Run the full protocol (grid search on validation, MC test scores) on one split."""
     started = time.perf_counter()
-    generator = _split_generator(protocol, dataset.name, split)
+    generator, stream = _split_randomness(protocol, dataset.name, split)
     train_rows, test_rows = dataset.split(split)
     n_fit = int((1.0 - protocol.validation_fraction) * len(train_rows))
     if n_fit < 2 or n_fit == len(train_rows):
@@ -535,18 +636,18 @@ def run_split(
     epochs = dataset.n_epochs * protocol.epochs_multiplier
     net, grid = _train_grid(
         x_fit, y_fit_scaled, dataset.dropout_rates, dataset.tau_values, hidden, epochs,
-        protocol, generator,
+        protocol, generator, stream,
     )
     taus = torch.tensor([t for _, t in grid])
     _, val_ll, _ = _mc_scores(
         net, inputs(val_rows), dataset.target[val_rows], (mean_y, std_y), taus,
-        protocol.val_samples, generator,
+        protocol.val_samples, stream,
     )
     best = int(np.argmax(val_ll))
     rate, tau = grid[best]
     test_rmse, test_ll, test_standard = _mc_scores(
         net.select(best), inputs(test_rows), dataset.target[test_rows], (mean_y, std_y),
-        taus[best : best + 1], protocol.samples, generator,
+        taus[best : best + 1], protocol.samples, stream,
     )
     return SplitResult(
         dataset=dataset.name,
