@@ -68,7 +68,7 @@ def test_quick_protocol_run_resumes(tmp_path):
     assert len(records) == 1
     record = records[0]
     assert record["dropout_rate"] in (0.01, 0.1) and record["tau"] in (10.0, 100.0)
-    assert record["n_train"] == 40 and record["n_val"] == 10 and record["n_test"] == 10
+    assert record["n_train"] == 50 and record["n_val"] == 10 and record["n_test"] == 10
     assert math.isfinite(record["test_ll"]) and record["test_rmse"] > 0
     # A second call finds the split done and does not rerun it.
     logs = []
@@ -153,15 +153,27 @@ def test_flat_adam_is_torch_adam():
     torch.testing.assert_close(params, theirs.detach(), rtol=1e-6, atol=1e-7)
 
 
-def test_select_copies_one_net():
-    net = uci._GridMLP(3, 2, 4, torch.tensor([0.9, 0.8, 0.7]), torch.Generator().manual_seed(0))
-    picked = net.select(1)
-    x = torch.randn(5, 2)
-    expected = net.forward(x.expand(3, -1, -1), None)[1]
-    torch.testing.assert_close(picked.forward(x.unsqueeze(0), None)[0], expected)
-    picked.flat.zero_()
-    assert net.w1.abs().sum() > 0  # the selection owns its weights
-    assert picked.keep.tolist() == [pytest.approx(0.8)]
+def test_winner_is_refit_on_the_whole_training_set(tmp_path, monkeypatch):
+    # Reference README: "a network is trained on the whole training set using the
+    # best hyperparameters and is then tested on the test set".
+    _write_dataset(tmp_path / "data")
+    dataset = uci.load_uci("toy", tmp_path / "data")
+    calls = []
+    train_grid = uci._train_grid
+
+    def recording(x, y, rates, taus, *args):
+        calls.append((x.shape[0], tuple(rates), tuple(taus), float(y.mean()), float(y.std(unbiased=False))))
+        return train_grid(x, y, rates, taus, *args)
+
+    monkeypatch.setattr(uci, "_train_grid", recording)
+    protocol = uci.UCIProtocol(epochs_multiplier=1, samples=4, val_samples=4)
+    result = uci.run_split(dataset, 0, protocol)
+    train, _ = dataset.split(0)
+    (fit_rows, rates, taus, _, _), (final_rows, final_rates, final_taus, mean, std) = calls
+    assert fit_rows == int(0.8 * len(train)) and len(rates) * len(taus) > 1
+    assert final_rows == len(train) == result.n_train
+    assert (final_rates, final_taus) == ((result.dropout_rate,), (result.tau,))
+    assert abs(mean) < 1e-5 and std == pytest.approx(1.0, abs=1e-4)  # standardised on all of it
 
 
 def test_cli_arguments():

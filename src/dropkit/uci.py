@@ -14,13 +14,16 @@ protocol of their public code (github.com/yaringal/DropoutUncertaintyExps,
    of its ``*_100_xepochs_*`` result files) on
    squared error plus the weight decay ``l**2 (1 - p) / (2 N tau)`` with
    ``l = 1e-2`` on both weight matrices (biases are not decayed);
-3. the grid point with the highest validation MC log-likelihood wins, and that
-   net (trained on the 80 %, as the reference code does) is scored on the test
-   rows: RMSE of the MC mean and the MC test log-likelihood with ``T`` samples.
+3. the grid point with the highest validation MC log-likelihood wins; a net with
+   its (rate, tau) is trained again, the same way, on the whole training set
+   (standardised on it, ``N`` its size), and scored on the test rows: RMSE of
+   the MC mean and the MC test log-likelihood with ``T`` samples.
 
 The whole grid of a split trains as one stacked ensemble (a batched matmul per
 layer): the nets are independent, but one pass of Python per step serves all of
-them, which is what makes 180 splits x 12 nets feasible on two CPU cores.
+them. Gradients are written out by hand, masks come from dropkit's Philox
+kernel and Adam runs on one flat buffer, so a step of 12 nets costs about
+0.25 ms on one core (benchmarks/RESULTS.md has the full run's time).
 
 Data layout (``../shared/data/uci`` or any folder like it): one folder per data
 set holding ``data.txt``, ``index_features.txt``, ``index_target.txt``,
@@ -308,6 +311,10 @@ class UCIProtocol:
     validation_fraction: float = 0.2
     seed: int = 0
     hidden_units: Optional[int] = None
+    #: Bumped when the protocol's meaning changes, so that a resumed run never
+    #: mixes splits of two protocols (2: the winner is refit on the whole
+    #: training set before testing).
+    revision: int = 2
 
     def __post_init__(self) -> None:
         for name in ("epochs_multiplier", "samples", "val_samples", "batch_size"):
@@ -347,15 +354,25 @@ class SplitResult:
     finished_at: str = ""
 
 
-class _Standardiser:
-    def __init__(self, values: np.ndarray) -> None:
-        self.mean = values.mean(0)
-        self.std = values.std(0)
-        # Constant columns (naval's feature 8) would divide by zero.
-        self.std = np.where(self.std == 0, 1.0, self.std)
+class _Scaled:
+    """Features and target standardised on ``rows`` (constant columns kept as they are)."""
 
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        return (values - self.mean) / self.std
+    def __init__(self, dataset: UCIDataset, rows: np.ndarray, where: str) -> None:
+        features, target = dataset.features[rows], dataset.target[rows]
+        self._features = dataset.features
+        self.mean_x = features.mean(0)
+        # Constant columns (naval's feature 8) would divide by zero.
+        self.std_x = np.where(features.std(0) == 0, 1.0, features.std(0))
+        mean_y, std_y = float(target.mean()), float(target.std())
+        if std_y == 0:
+            raise ValueError(f"{where}: the training target is constant")
+        self.y_scale = (mean_y, std_y)
+        self.y = torch.as_tensor((target - mean_y) / std_y, dtype=torch.float32)
+
+    def inputs(self, rows: np.ndarray) -> Tensor:
+        return torch.as_tensor(
+            (self._features[rows] - self.mean_x) / self.std_x, dtype=torch.float32
+        )
 
 
 class _MaskStream:
@@ -514,16 +531,6 @@ class _GridMLP:
         torch.sum(grad_pre, 1, keepdim=True, out=grad_b1)
         optimiser.step()
 
-    def select(self, index: int) -> _GridMLP:
-        picked = object.__new__(_GridMLP)
-        _, inputs, hidden = self.w1.shape
-        picked._bind(
-            torch.cat([p[index : index + 1].flatten() for p in self.parameters()]),
-            1, inputs, hidden,
-        )
-        picked._set_keep(self.keep[index : index + 1])
-        return picked
-
 
 def _train_grid(
     x: Tensor,
@@ -621,33 +628,36 @@ def run_split(
             f"into train and validation at fraction {protocol.validation_fraction}"
         )
     fit_rows, val_rows = train_rows[:n_fit], train_rows[n_fit:]
-    scale_x = _Standardiser(dataset.features[fit_rows])
-    y_fit = dataset.target[fit_rows]
-    mean_y, std_y = float(y_fit.mean()), float(y_fit.std())
-    if std_y == 0:
-        raise ValueError(f"{dataset.name} split {split}: the training target is constant")
-
-    def inputs(rows: np.ndarray) -> Tensor:
-        return torch.as_tensor(scale_x(dataset.features[rows]), dtype=torch.float32)
-
-    x_fit = inputs(fit_rows)
-    y_fit_scaled = torch.as_tensor((y_fit - mean_y) / std_y, dtype=torch.float32)
     hidden = protocol.hidden_units or dataset.n_hidden
     epochs = dataset.n_epochs * protocol.epochs_multiplier
-    net, grid = _train_grid(
-        x_fit, y_fit_scaled, dataset.dropout_rates, dataset.tau_values, hidden, epochs,
-        protocol, generator, stream,
-    )
-    taus = torch.tensor([t for _, t in grid])
+
+    def fit(
+        rows: np.ndarray, rates: Sequence[float], taus: Sequence[float]
+    ) -> tuple[_GridMLP, list[tuple[float, float]], _Scaled]:
+        # Standardised on the rows it trains on, as the reference net does.
+        scaled = _Scaled(dataset, rows, f"{dataset.name} split {split}")
+        net, grid = _train_grid(
+            scaled.inputs(rows), scaled.y, rates, taus, hidden, epochs, protocol, generator,
+            stream,
+        )
+        return net, grid, scaled
+
+    # 1. Grid search: every (rate, tau) trains on the first 80 % of the training
+    #    rows and is scored by MC log-likelihood on the last 20 %.
+    net, grid, scaled = fit(fit_rows, dataset.dropout_rates, dataset.tau_values)
     _, val_ll, _ = _mc_scores(
-        net, inputs(val_rows), dataset.target[val_rows], (mean_y, std_y), taus,
-        protocol.val_samples, stream,
+        net, scaled.inputs(val_rows), dataset.target[val_rows], scaled.y_scale,
+        torch.tensor([t for _, t in grid]), protocol.val_samples, stream,
     )
     best = int(np.argmax(val_ll))
     rate, tau = grid[best]
+    # 2. The winner is trained again on the whole training set, and that net is
+    #    tested ("a network is trained on the whole training set using the best
+    #    hyperparameters", reference README).
+    final, _, scaled = fit(train_rows, (rate,), (tau,))
     test_rmse, test_ll, test_standard = _mc_scores(
-        net.select(best), inputs(test_rows), dataset.target[test_rows], (mean_y, std_y),
-        taus[best : best + 1], protocol.samples, stream,
+        final, scaled.inputs(test_rows), dataset.target[test_rows], scaled.y_scale,
+        torch.tensor([tau]), protocol.samples, stream,
     )
     return SplitResult(
         dataset=dataset.name,
@@ -658,7 +668,7 @@ def run_split(
         test_rmse=float(test_rmse[0]),
         test_ll=float(test_ll[0]),
         test_rmse_standard=float(test_standard[0]),
-        n_train=len(fit_rows),
+        n_train=len(train_rows),
         n_val=len(val_rows),
         n_test=len(test_rows),
         seconds=time.perf_counter() - started,
