@@ -162,7 +162,8 @@ def test_winner_is_refit_on_the_whole_training_set(tmp_path, monkeypatch):
     train_grid = uci._train_grid
 
     def recording(x, y, rates, taus, *args):
-        calls.append((x.shape[0], tuple(rates), tuple(taus), float(y.mean()), float(y.std(unbiased=False))))
+        moments = float(y.mean()), float(y.std(unbiased=False))
+        calls.append((x.shape[0], tuple(rates), tuple(taus), *moments))
         return train_grid(x, y, rates, taus, *args)
 
     monkeypatch.setattr(uci, "_train_grid", recording)

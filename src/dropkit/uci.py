@@ -714,8 +714,10 @@ def run_benchmark(
     done = {
         (r["dataset"], r["split"]) for r in _load_results(results_path) if r.get("protocol") == key
     }
-    for name in datasets:
-        dataset = load_uci(name, root)
+    # Every name is checked before the first split trains: a typo in the last
+    # name should not surface hours into a run.
+    for dataset in [load_uci(name, root) for name in datasets]:
+        name = dataset.name
         wanted = range(dataset.n_splits) if splits is None else splits
         for split in wanted:
             if split >= dataset.n_splits:
@@ -837,9 +839,10 @@ def _parse_datasets(text: str) -> list[str]:
     return list(DATASETS) if text == "all" else [d.strip() for d in text.split(",") if d.strip()]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m dropkit.uci") -> int:
+    """Command line of the benchmark (also ``dropkit lab uci``); returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m dropkit.uci",
+        prog=prog,
         description="MC dropout on the UCI regression benchmark (Gal & Ghahramani, 2016).",
     )
     parser.add_argument("--datasets", default="all", help="comma list or 'all' (default)")
@@ -863,14 +866,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
     datasets = _parse_datasets(args.datasets)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    protocol = UCIProtocol(
-        epochs_multiplier=args.epochs_multiplier,
-        samples=args.samples,
-        val_samples=args.val_samples,
-        seed=args.seed,
-    )
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, but got {args.threads}")
+    torch.set_num_threads(args.threads)
+    try:
+        protocol = UCIProtocol(
+            epochs_multiplier=args.epochs_multiplier,
+            samples=args.samples,
+            val_samples=args.val_samples,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        parser.error(str(error))
     if args.report:
         records = [
             r for r in _load_results(Path(args.out) / "results.jsonl")
@@ -878,10 +885,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ]
     else:
         started = time.perf_counter()
-        records = run_benchmark(
-            datasets, splits, args.out, root=args.data_dir, protocol=protocol,
-            log=lambda m: print(m, flush=True),
-        )
+        try:
+            records = run_benchmark(
+                datasets, splits, args.out, root=args.data_dir, protocol=protocol,
+                log=lambda m: print(m, flush=True),
+            )
+        except (FileNotFoundError, ValueError) as error:
+            # Data problems; splits finished before it stay in results.jsonl.
+            parser.error(str(error))
         records = [r for r in records if r["dataset"] in datasets]
         print(f"wall time this invocation: {(time.perf_counter() - started) / 60:.1f} min")
     readme = Path(args.data_dir) / "README.md" if args.data_dir else None

@@ -172,3 +172,32 @@ def test_export_tensorboard_writes_every_epoch_of_every_run(tiny_store, tmp_path
         assert [e.value for e in loss] == pytest.approx(expected, rel=1e-6)
         scalars += len(loss)
     assert scalars == len(rows)
+
+
+def test_uci_command_runs_resumes_and_reports(tmp_path):
+    from tests.test_uci import _write_dataset
+
+    _write_dataset(tmp_path / "data")
+    args = ("uci", "--out", tmp_path / "out", "--data-dir", tmp_path / "data", "--datasets", "toy",
+            "--splits", "0-1", "--epochs-multiplier", "1", "--samples", "8", "--val-samples", "4")
+    result = _lab(*args)
+    assert result.exit_code == 0, result.output
+    assert "toy split 1: rmse" in result.output and "| toy | 2 |" in result.output
+    again = _lab(*args)
+    assert "toy split 0: already in" in again.output
+    table = _lab("uci", "--out", tmp_path / "out", "--datasets", "toy", "--samples", "8",
+                 "--val-samples", "4", "--epochs-multiplier", "1", "--report")
+    assert table.exit_code == 0 and "| toy | 2 |" in table.output
+
+
+def test_uci_command_rejects_bad_input_before_training(tmp_path):
+    from tests.test_uci import _write_dataset
+
+    _write_dataset(tmp_path / "data")
+    result = _lab("uci", "--out", tmp_path / "out", "--data-dir", tmp_path / "data",
+                  "--datasets", "toy,nope")
+    assert result.exit_code == 2
+    assert "no UCI data set 'nope'" in result.output and "found: toy" in result.output
+    assert not (tmp_path / "out" / "results.jsonl").exists()  # toy did not start either
+    result = _lab("uci", "--out", tmp_path / "out", "--samples", "0")
+    assert result.exit_code == 2 and "samples must be an int >= 1, but got 0" in result.output
