@@ -254,9 +254,12 @@ def test_weight_scaling_vs_mc():
 
 
 @pytest.mark.parametrize("threshold", [0, 1, 32768, 65535, 65536])
-def test_kernel_masks_equal_the_reference_lanes(threshold):
-    from dropkit.mc import _keep, _lanes
+def test_sample_masks_follow_the_rng_contract(threshold):
+    from dropkit.mc import _keep
+    from dropkit.random import random_bits16
 
     seeds, offsets = [3, 2**64 - 1, 12345], [0, 7, (5 << 48) | 9]
-    reference = _lanes(seeds, offsets, 37, "cpu") < threshold
-    assert torch.equal(_keep(seeds, offsets, 37, threshold, "cpu"), reference)
+    keep = _keep(seeds, offsets, 37, threshold, "cpu")
+    for t, seed in enumerate(seeds):
+        for r, offset in enumerate(offsets):
+            assert torch.equal(keep[t, r], random_bits16(37, seed, offset) < threshold)

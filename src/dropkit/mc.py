@@ -161,48 +161,16 @@ def _sample_seeds(seed: int, first: int, count: int) -> list[int]:
     return [w[0] | (w[1] << 32) for w in words]
 
 
-def _lanes(seeds: Sequence[int], offsets: Sequence[int], numel: int, device) -> Tensor:
-    """16-bit lanes ``(len(seeds), len(offsets), numel)``: row ``(t, r)`` holds the first
-    ``numel`` lanes of stream ``(seeds[t], offsets[r])`` (the layout of ``random_bits16``)."""
-    blocks = -(-numel // 8)
-    seed_t = torch.tensor([s - (1 << 64) if s >= 1 << 63 else s for s in seeds], device=device)
-    offset_t = torch.tensor(list(offsets), dtype=torch.int64, device=device)
-    block = torch.arange(blocks, dtype=torch.int64, device=device)
-    shape = (len(seeds), len(offsets), blocks)
-    off_lo, off_hi = _split64(offset_t)
-    counter = torch.stack(
-        (
-            (block & _MASK32).expand(shape),
-            (block >> 32).expand(shape),
-            off_lo.view(1, -1, 1).expand(shape),
-            off_hi.view(1, -1, 1).expand(shape),
-        ),
-        -1,
-    )
-    seed_lo, seed_hi = _split64(seed_t)
-    key = torch.stack((seed_lo, seed_hi), -1).view(-1, 1, 1, 2)
-    words = philox4x32(counter, key)
-    lanes = torch.stack((words & 0xFFFF, words >> 16), -1)
-    return lanes.reshape(len(seeds), len(offsets), blocks * 8)[..., :numel]
+def _inverted_scale(threshold: int) -> float:
+    return (1 << KEEP_BITS) / threshold if threshold else 0.0
 
 
 def _keep(
     seeds: Sequence[int], offsets: Sequence[int], numel: int, threshold: int, device
 ) -> Tensor:
-    """Boolean keep masks ``(len(seeds), len(offsets), numel)`` of the streams ``(seed, offset)``.
-
-    On CPU with the native kernel, one in-place kernel call per stream on a buffer of
-    ones (kept -> 1, dropped -> 0) replaces the batched pure-PyTorch Philox of
-    :func:`_lanes`; both follow the same contract bit for bit, and the kernel is
-    ~50x faster for the T x rows small streams MC sampling draws.
-    """
-    if torch.device(device).type != "cpu" or kernels.native_module() is None:
-        return _lanes(seeds, offsets, numel, device) < threshold
-    buffer = torch.ones(len(seeds), len(offsets), numel)
-    for t, seed in enumerate(seeds):
-        for r, offset in enumerate(offsets):
-            kernels.mask_scale_(buffer[t, r], seed, offset, threshold, 1.0)
-    return buffer != 0
+    """Boolean keep masks ``(len(seeds), len(offsets), numel)``: stream ``(seed, offset)`` each."""
+    ones = torch.ones(len(seeds), len(offsets), numel, device=device)
+    return kernels.mask_scale_streams(ones, seeds, offsets, threshold, 1.0) != 0
 
 
 @dataclass(frozen=True)
@@ -286,22 +254,23 @@ class _SeededMasks:
         else:
             offsets = [base | (self.first_row + r) for r in range(rows)]
         threshold = keep_threshold(1.0 - site.p)
-        keep = _keep(self.seeds, offsets, numel, threshold, x.device).view(
-            samples, len(offsets), *feature_shape
-        )
         values = x.view(samples, rows, *x.shape[1:])
-        keep_prob = threshold / (1 << KEEP_BITS)
-        if site.rule == "alpha":
-            if threshold == 0:
-                return torch.zeros_like(x)
-            out = apply_alpha_mask(values, keep, keep_prob)
-        else:
-            if site.rule == "classic":
-                scale = 1.0
-            else:
-                scale = (1 << KEEP_BITS) / threshold if threshold else 0.0
-            out = values * keep.to(x.dtype) * scale
-        return out.reshape(x.shape)
+        if site.rule != "alpha":
+            scale = 1.0 if site.rule == "classic" else _inverted_scale(threshold)
+            if self.consistent or site.shared != "none":
+                keep = _keep(self.seeds, offsets, numel, threshold, x.device)
+                keep = keep.view(samples, len(offsets), *feature_shape)
+                return (values * keep.to(x.dtype) * scale).reshape(x.shape)
+            # One mask value per element and one stream per (sample, row): a
+            # single kernel call masks and scales the whole batch in one pass.
+            return kernels.mask_scale_streams(values, self.seeds, offsets, threshold, scale).view(
+                x.shape
+            )
+        if threshold == 0:
+            return torch.zeros_like(x)
+        keep = _keep(self.seeds, offsets, numel, threshold, x.device)
+        keep = keep.view(samples, len(offsets), *feature_shape)
+        return apply_alpha_mask(values, keep, threshold / (1 << KEEP_BITS)).reshape(x.shape)
 
 
 # --- the fx split ----------------------------------------------------------------------
@@ -562,10 +531,25 @@ def _rng_scope(x: Tensor):
         yield
 
 
-def _seed_torch(seed: int, sample: int) -> None:
-    # Layers that dropkit does not mask itself draw from torch's generator; seeding it per
-    # sample keeps the loop and the fast path (which loops such suffixes) identical.
-    torch.manual_seed(_sample_seeds(seed ^ 0x5EED, sample, 1)[0] >> 1)
+@dataclass(frozen=True)
+class _SampleSeeds:
+    """Per-sample seeds of one ``predict`` call, derived once up front.
+
+    ``masks[t]`` keys sample ``t``'s Philox masks. ``torch[t]`` seeds torch's
+    generator before sample ``t`` (before a pass starting at ``t``): layers that
+    dropkit does not mask itself draw from it, and seeding it per sample keeps
+    the loop and the fast path (which loops such suffixes) identical.
+    """
+
+    masks: list[int]
+    torch: list[int]
+
+    @classmethod
+    def derive(cls, seed: int, samples: int) -> _SampleSeeds:
+        return cls(
+            _sample_seeds(seed, 0, samples),
+            [s >> 1 for s in _sample_seeds(seed ^ 0x5EED, 0, samples)],
+        )
 
 
 def predict(
@@ -642,6 +626,7 @@ def predict(
     max_rows = batch_size if batch_size is not None else max(rows_total, _DEFAULT_MAX_ROWS)
     chunk_rows = min(rows_total, max_rows)
     masks = _SeededMasks(consistent)
+    sample_seeds = _SampleSeeds.derive(seed, samples)
     meter = _Progress(samples * -(-rows_total // chunk_rows), progress)
     outputs = []
     with _rng_scope(x), mc_mode(runner, warn=not sites):
@@ -655,37 +640,39 @@ def predict(
                     chunk = x[start : start + chunk_rows]
                     if use_split:
                         out = _run_split(
-                            split, chunk, start, samples, max_rows, seed, masks, meter,
+                            split, chunk, start, sample_seeds, max_rows, masks, meter,
                             cap_bytes=batch_size is None,
                         )
                     else:
-                        out = _run_loop(runner, chunk, start, samples, seed, masks, meter)
+                        out = _run_loop(runner, chunk, start, sample_seeds, masks, meter)
                     outputs.append(out)
         finally:
             masks.detach()
     return MCResult(torch.cat(outputs, 1), task, None if tau is None else float(tau), logits)
 
 
-def _run_loop(runner, chunk, first_row, samples, seed, masks, meter) -> Tensor:
+def _run_loop(runner, chunk, first_row, seeds: _SampleSeeds, masks, meter) -> Tensor:
     outs = []
-    for t in range(samples):
-        masks.start_pass(_sample_seeds(seed, t, 1), first_row)
-        _seed_torch(seed, t)
+    for t in range(len(seeds.masks)):
+        masks.start_pass(seeds.masks[t : t + 1], first_row)
+        torch.manual_seed(seeds.torch[t])
         outs.append(_check_output(runner(chunk), chunk.shape[0]))
         meter.advance(1)
     return torch.stack(outs)
 
 
 def _run_split(
-    split: _Traced, chunk, first_row, samples, max_rows, seed, masks, meter, cap_bytes: bool
+    split: _Traced, chunk, first_row, seeds: _SampleSeeds, max_rows, masks, meter,
+    cap_bytes: bool,
 ) -> Tensor:
+    samples = len(seeds.masks)
     rows = chunk.shape[0]
     live = split.prefix(chunk)
     for value, is_batched in zip(live, split.batched_live, strict=True):
         rows_first = isinstance(value, Tensor) and value.dim() and value.shape[0] == rows
         if is_batched and not rows_first:
             # A batch-dependent non-tensor (say x.size(0)) cannot be repeated safely.
-            return _run_loop(split.module, chunk, first_row, samples, seed, masks, meter)
+            return _run_loop(split.module, chunk, first_row, seeds, masks, meter)
     per_pass = max(1, max_rows // rows) if split.suffix_batchable else 1
     if cap_bytes:
         sample_bytes = sum(
@@ -697,8 +684,8 @@ def _run_split(
     outs = []
     for t0 in range(0, samples, per_pass):
         count = min(per_pass, samples - t0)
-        masks.start_pass(_sample_seeds(seed, t0, count), first_row)
-        _seed_torch(seed, t0)
+        masks.start_pass(seeds.masks[t0 : t0 + count], first_row)
+        torch.manual_seed(seeds.torch[t0])
         inputs = [
             v.repeat(count, *([1] * (v.dim() - 1))) if b else v
             for v, b in zip(live, split.batched_live, strict=True)

@@ -30,6 +30,7 @@ native kernel is tested against bit for bit.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "fold_seed",
     "keep_threshold",
     "random_bits16",
+    "random_bits16_streams",
     "keep_mask",
     "random_words",
     "uniform",
@@ -166,9 +168,41 @@ def random_bits16(
     numel: int, seed: int, offset: int = 0, device: torch.device | str | None = None
 ) -> Tensor:
     """The first ``numel`` 16-bit lanes of stream ``(seed, offset)``, as int64."""
-    words = _blocks(-(-numel // 8), seed, offset, device)
+    return random_bits16_streams(numel, [seed], [offset], device)[0, 0]
+
+
+def random_bits16_streams(
+    numel: int,
+    seeds: Sequence[int],
+    offsets: Sequence[int],
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Lanes of many streams at once, as int64 of shape ``(len(seeds), len(offsets), numel)``.
+
+    Row ``(t, r)`` equals ``random_bits16(numel, seeds[t], offsets[r])``; one
+    batched Philox evaluation replaces ``len(seeds) * len(offsets)`` calls.
+    """
+    seeds = [_as_u64(s, "seed") for s in seeds]
+    offsets = [_as_u64(o, "offset") for o in offsets]
+    blocks = -(-numel // 8)
+    shape = (len(seeds), len(offsets), blocks)
+    block = torch.arange(blocks, dtype=torch.int64, device=device)
+    offset = torch.tensor(
+        [[o & _MASK32, o >> 32] for o in offsets], dtype=torch.int64, device=device
+    ).view(1, -1, 1, 2)
+    counter = torch.cat(
+        (
+            torch.stack((block & _MASK32, block >> 32), dim=-1).expand(*shape, 2),
+            offset.expand(*shape, 2),
+        ),
+        dim=-1,
+    )
+    key = torch.tensor(
+        [[s & _MASK32, s >> 32] for s in seeds], dtype=torch.int64, device=device
+    ).view(-1, 1, 1, 2)
+    words = philox4x32(counter, key)
     lanes = torch.stack((words & 0xFFFF, words >> 16), dim=-1)
-    return lanes.reshape(-1)[:numel]
+    return lanes.reshape(len(seeds), len(offsets), blocks * 8)[..., :numel]
 
 
 def keep_mask(

@@ -289,6 +289,48 @@ def test_concurrent_python_threads_get_correct_results():
     assert not failures and not any(thread.is_alive() for thread in threads)
 
 
+@pytest.mark.parametrize("isa", _isa_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    numel=st.one_of(st.sampled_from([0, 1, 7, 9, 65, 129, 3136, 40000]), st.integers(0, 600)),
+    seeds=st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=4),
+    offsets=st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=5),
+    threshold=st.one_of(st.sampled_from(THRESHOLDS), st.integers(0, 65536)),
+    data_seed=st.integers(0, 2**31),
+)
+def test_streams_call_equals_one_call_per_stream(
+    isa_restored, isa, dtype, numel, seeds, offsets, threshold, data_seed
+):
+    # The batched call is what Monte Carlo sampling uses: one kernel call for
+    # T x rows streams must give every stream the bits of its own call.
+    x = _input(len(seeds) * len(offsets) * numel, dtype, data_seed)
+    x = x.view(len(seeds), len(offsets), numel)
+    scale = _scale(threshold)
+    expected = reference.mask_scale_streams(x, seeds, offsets, threshold, scale)
+    for t, seed in enumerate(seeds):
+        for r, offset in enumerate(offsets):
+            _assert_bit_identical(
+                expected[t, r], reference.mask_scale(x[t, r], seed, offset, threshold, scale)
+            )
+    assert native.set_isa(isa) == isa
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            actual = kernels.mask_scale_streams(x, seeds, offsets, threshold, scale)
+        finally:
+            torch.set_num_threads(before)
+        _assert_bit_identical(actual, expected)
+
+
+def test_streams_call_checks_the_shape():
+    with pytest.raises(ValueError, match=r"shape \(2, 3, ...\) for 2 seeds and 3 offsets"):
+        kernels.mask_scale_streams(torch.ones(3, 2, 4), [1, 2], [0, 1, 2], 100, 1.0)
+
+
 @needs_native
 def test_bad_arguments_are_reported():
     x = torch.ones(4)
@@ -300,6 +342,10 @@ def test_bad_arguments_are_reported():
         native.mask_scale(x.data_ptr(), x.data_ptr(), -1, 0, 0, 0, 1, 1.0, 1)
     with pytest.raises(ValueError, match="null data pointer"):
         native.mask_scale(0, 0, 4, 0, 0, 0, 1, 1.0, 1)
+    with pytest.raises(ValueError, match="n_seeds and n_offsets must be >= 0, got 4, -1, 1"):
+        native.mask_scale_streams(x.data_ptr(), x.data_ptr(), 4, 0, 1, -1, 1, 1, 1, 1.0, 1)
+    with pytest.raises(ValueError, match="null pointer for 1 x 1 streams"):
+        native.mask_scale_streams(x.data_ptr(), x.data_ptr(), 4, 0, 0, 1, 0, 1, 1, 1.0, 1)
     allowed = "'auto', 'portable', 'avx2' or 'avx512'"
     with pytest.raises(ValueError, match=f"isa must be {allowed}, got 'sse9'"):
         native.set_isa("sse9")

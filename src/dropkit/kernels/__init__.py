@@ -8,6 +8,13 @@ stream ``(seed, offset)`` (see :mod:`dropkit.random`):
 * ``mask_scale(x, seed, offset, threshold, scale) -> Tensor`` (new tensor)
 * ``mask_scale_(x, seed, offset, threshold, scale) -> Tensor`` (in place)
 
+and one batched call for many small streams (Monte Carlo sampling draws one
+stream per sample and input row):
+
+* ``mask_scale_streams(x, seeds, offsets, threshold, scale) -> Tensor``: ``x``
+  of shape ``(len(seeds), len(offsets), ...)``; slice ``[t, r]`` is masked
+  exactly as ``mask_scale(x[t, r], seeds[t], offsets[r], ...)`` would.
+
 ``scale`` is applied in float32 for float16/bfloat16/float32 inputs and in
 float64 for float64 inputs, then rounded once to the input dtype, so every
 backend produces the same bits.
@@ -31,13 +38,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from dropkit.kernels import reference
 
-__all__ = ["mask_scale", "mask_scale_", "backend_name", "native_module"]
+__all__ = ["mask_scale", "mask_scale_", "mask_scale_streams", "backend_name", "native_module"]
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 _ENV_VAR = "DROPKIT_NATIVE"
@@ -141,3 +149,37 @@ def mask_scale_(x: Tensor, seed: int, offset: int, threshold: int, scale: float)
     # order of its own: compute in row-major order and scatter back.
     dense = x.contiguous()
     return x.copy_(_run_native(dense, dense, seed, offset, threshold, scale))
+
+
+def _as_int64(values: Sequence[int]) -> Tensor:
+    # The kernel reads uint64: values >= 2**63 are stored as their two's complement.
+    return torch.tensor([v - (1 << 64) if v >= 1 << 63 else v for v in values], dtype=torch.int64)
+
+
+def mask_scale_streams(
+    x: Tensor, seeds: Sequence[int], offsets: Sequence[int], threshold: int, scale: float
+) -> Tensor:
+    if x.dim() < 2 or tuple(x.shape[:2]) != (len(seeds), len(offsets)):
+        raise ValueError(
+            f"mask_scale_streams expects x of shape ({len(seeds)}, {len(offsets)}, ...) for "
+            f"{len(seeds)} seeds and {len(offsets)} offsets, but got {tuple(x.shape)}"
+        )
+    if not _native_serves(x):
+        return reference.mask_scale_streams(x, seeds, offsets, threshold, scale)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    seed_array, offset_array = _as_int64(seeds), _as_int64(offsets)
+    _native.mask_scale_streams(
+        x.data_ptr(),
+        out.data_ptr(),
+        x[0, 0].numel() if x.numel() else 0,
+        _DTYPE_CODES[x.dtype],
+        seed_array.data_ptr(),
+        len(seeds),
+        offset_array.data_ptr(),
+        len(offsets),
+        threshold,
+        scale,
+        torch.get_num_threads(),
+    )
+    return out

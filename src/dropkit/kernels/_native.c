@@ -57,6 +57,7 @@
 #endif
 
 enum { DK_F32 = 0, DK_F64 = 1, DK_F16 = 2, DK_BF16 = 3 };
+static const size_t dk_elem_size[4] = {4, 8, 2, 2};
 
 #define DK_KEEP_ONE 65536u
 /* Elements per AVX2 group: 8 Philox blocks of 8 lanes. */
@@ -415,8 +416,6 @@ DK_AVX2 static void dk_group_avx2(const dk_job *job, uint64_t first_block, const
     }
 }
 
-static const size_t dk_elem_size[4] = {4, 8, 2, 2};
-
 /* Elements [start, end); start must be a multiple of DK_GROUP. A ragged tail
  * goes through a stack buffer so that it takes exactly the same code path. */
 DK_AVX2 static void dk_range_avx2(const dk_job *job, size_t start, size_t end) {
@@ -706,19 +705,50 @@ typedef struct {
     const dk_job *job;
     dk_range_fn range;
     size_t nchunks;
+    /* A batch of streams (seeds != NULL): stream c = t * n_offsets + r covers
+     * elements [c * job->n, (c + 1) * job->n) of src and dst with key seeds[t]
+     * and offset offsets[r]; a chunk is per_chunk consecutive streams. */
+    const uint64_t *seeds;
+    const uint64_t *offsets;
+    size_t n_offsets, n_streams, per_chunk;
 #if DK_HAVE_AVX2
     unsigned int mxcsr;
 #endif
 } dk_task;
+
+/* Run chunk `chunk` of `task`: a DK_CHUNK slice of one stream, or a run of streams. */
+static void dk_run_chunk(const dk_task *task, size_t chunk) {
+    const dk_job *job = task->job;
+    if (!task->seeds) {
+        size_t start = chunk * DK_CHUNK;
+        size_t end = start + DK_CHUNK < job->n ? start + DK_CHUNK : job->n;
+        task->range(job, start, end);
+        return;
+    }
+    size_t first = chunk * task->per_chunk;
+    size_t last = first + task->per_chunk < task->n_streams ? first + task->per_chunk
+                                                            : task->n_streams;
+    size_t bytes = job->n * dk_elem_size[job->dtype];
+    for (size_t c = first; c < last; c++) {
+        dk_job one = *job;
+        uint64_t seed = task->seeds[c / task->n_offsets];
+        uint64_t offset = task->offsets[c % task->n_offsets];
+        one.key0 = (uint32_t)seed;
+        one.key1 = (uint32_t)(seed >> 32);
+        one.ctr2 = (uint32_t)offset;
+        one.ctr3 = (uint32_t)(offset >> 32);
+        one.src = (const char *)job->src + c * bytes;
+        one.dst = (char *)job->dst + c * bytes;
+        task->range(&one, 0, job->n);
+    }
+}
 
 #if DK_HAVE_PTHREADS
 static void dk_run_chunks(const dk_task *task, size_t *next) {
     for (;;) {
         size_t chunk = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (chunk >= task->nchunks) return;
-        size_t start = chunk * DK_CHUNK;
-        size_t end = start + DK_CHUNK < task->job->n ? start + DK_CHUNK : task->job->n;
-        task->range(task->job, start, end);
+        dk_run_chunk(task, chunk);
     }
 }
 #endif
@@ -846,18 +876,32 @@ static int dk_grow_pool(dk_pool *pool, int count) {
 }
 #endif /* DK_HAVE_PTHREADS */
 
-static void dk_execute(const dk_job *job, int nthreads) {
+/* One stream (seeds == NULL) or n_seeds x n_offsets streams of job->n elements each. */
+static void dk_execute(const dk_job *job, const uint64_t *seeds, size_t n_seeds,
+                       const uint64_t *offsets, size_t n_offsets, int nthreads) {
     dk_task task;
+    memset(&task, 0, sizeof task);
     task.job = job;
     task.range = dk_range_for(dk_isa);
-    task.nchunks = (job->n + DK_CHUNK - 1) / DK_CHUNK;
+    size_t total = job->n;
+    if (seeds) {
+        task.seeds = seeds;
+        task.offsets = offsets;
+        task.n_offsets = n_offsets;
+        task.n_streams = n_seeds * n_offsets;
+        task.per_chunk = job->n >= DK_CHUNK ? 1 : DK_CHUNK / job->n;
+        task.nchunks = (task.n_streams + task.per_chunk - 1) / task.per_chunk;
+        total = task.n_streams * job->n;
+    } else {
+        task.nchunks = (job->n + DK_CHUNK - 1) / DK_CHUNK;
+    }
 #if DK_HAVE_AVX2
     task.mxcsr = _mm_getcsr();
 #endif
     if (nthreads > DK_MAX_THREADS) nthreads = DK_MAX_THREADS;
     if ((size_t)nthreads > task.nchunks) nthreads = (int)task.nchunks;
 #if DK_HAVE_PTHREADS
-    if (nthreads > 1 && job->n >= DK_PARALLEL_MIN) {
+    if (nthreads > 1 && total >= DK_PARALLEL_MIN) {
         dk_pool *pool = dk_get_pool();
         /* A concurrent call from another Python thread runs serially
          * rather than waiting for the pool. */
@@ -884,7 +928,7 @@ static void dk_execute(const dk_job *job, int nthreads) {
         }
     }
 #endif
-    task.range(job, 0, job->n);
+    for (size_t chunk = 0; chunk < task.nchunks; chunk++) dk_run_chunk(&task, chunk);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -932,7 +976,58 @@ static PyObject *dk_py_mask_scale(PyObject *self, PyObject *args) {
     job.scale64 = scale;
 
     Py_BEGIN_ALLOW_THREADS
-    dk_execute(&job, nthreads < 1 ? 1 : nthreads);
+    dk_execute(&job, NULL, 0, NULL, 0, nthreads < 1 ? 1 : nthreads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(dk_mask_scale_streams_doc,
+             "mask_scale_streams(src_ptr, dst_ptr, numel, dtype_code, seeds_ptr, n_seeds, "
+             "offsets_ptr, n_offsets, threshold, scale, num_threads)\n--\n\n"
+             "mask_scale for n_seeds x n_offsets streams in one call: stream (t, r) is numel "
+             "contiguous elements\nat element (t * n_offsets + r) * numel of src and dst, masked "
+             "with key seeds[t] and offset offsets[r]\n(seeds and offsets: uint64 arrays). Every "
+             "stream gets exactly the bits of its own mask_scale call.");
+
+static PyObject *dk_py_mask_scale_streams(PyObject *self, PyObject *args) {
+    unsigned long long src, dst, seeds, offsets;
+    Py_ssize_t numel, n_seeds, n_offsets;
+    int dtype, nthreads;
+    long long threshold;
+    double scale;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKniKnKnLdi:mask_scale_streams", &src, &dst, &numel, &dtype,
+                          &seeds, &n_seeds, &offsets, &n_offsets, &threshold, &scale, &nthreads))
+        return NULL;
+    if (numel < 0 || n_seeds < 0 || n_offsets < 0)
+        return PyErr_Format(PyExc_ValueError,
+                            "numel, n_seeds and n_offsets must be >= 0, got %zd, %zd, %zd", numel,
+                            n_seeds, n_offsets);
+    if (dtype < DK_F32 || dtype > DK_BF16)
+        return PyErr_Format(PyExc_ValueError, "dtype_code must be 0..3, got %d", dtype);
+    if (threshold < 0 || threshold > DK_KEEP_ONE)
+        return PyErr_Format(PyExc_ValueError, "threshold must be in [0, 65536], got %lld",
+                            threshold);
+    if (numel == 0 || n_seeds == 0 || n_offsets == 0) Py_RETURN_NONE;
+    if (src == 0 || dst == 0 || seeds == 0 || offsets == 0)
+        return PyErr_Format(PyExc_ValueError, "null pointer for %zd x %zd streams", n_seeds,
+                            n_offsets);
+
+    dk_job job;
+    memset(&job, 0, sizeof job);
+    job.src = (const void *)(uintptr_t)src;
+    job.dst = (void *)(uintptr_t)dst;
+    job.n = (size_t)numel;
+    job.dtype = dtype;
+    job.need_rng = threshold > 0 && threshold < DK_KEEP_ONE;
+    job.threshold = job.need_rng ? (uint32_t)threshold : (threshold ? 1u : 0u);
+    job.scale32 = (float)scale;
+    job.scale64 = scale;
+
+    Py_BEGIN_ALLOW_THREADS
+    dk_execute(&job, (const uint64_t *)(uintptr_t)seeds, (size_t)n_seeds,
+               (const uint64_t *)(uintptr_t)offsets, (size_t)n_offsets,
+               nthreads < 1 ? 1 : nthreads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -992,6 +1087,7 @@ static PyObject *dk_py_set_isa(PyObject *self, PyObject *arg) {
 
 static PyMethodDef dk_methods[] = {
     {"mask_scale", dk_py_mask_scale, METH_VARARGS, dk_mask_scale_doc},
+    {"mask_scale_streams", dk_py_mask_scale_streams, METH_VARARGS, dk_mask_scale_streams_doc},
     {"isa", dk_py_isa, METH_NOARGS, dk_isa_doc},
     {"available_isas", dk_py_available_isas, METH_NOARGS, dk_available_isas_doc},
     {"set_isa", dk_py_set_isa, METH_O, dk_set_isa_doc},
