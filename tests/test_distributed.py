@@ -340,7 +340,9 @@ def test_checkpoint_without_rng_restore_would_differ(use_reentrant):
         preserve_rng_state=False,
     )
     assert torch.equal(plain[0], unrestored[0])
-    assert not torch.equal(plain[1], unrestored[1])
+    # Non-reentrant checkpointing keeps the original autograd nodes (whose seeds
+    # still give x.grad), but the weights' gradients use recomputed activations.
+    assert any(not torch.equal(a, b) for a, b in zip(plain[1:], unrestored[1:], strict=True))
 
 
 # ------------------------------------------------------------------ two gloo processes

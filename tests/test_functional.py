@@ -227,7 +227,9 @@ def test_no_mask_is_saved_for_backward():
     x = torch.randn(1 << 16, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = F.dropout(x, 0.5, seed=1)
-    assert sum(saved) == 16  # the [seed, offset] state tensor, independent of x's size
+    # Eager mode keeps seed and offset as ints on the autograd node: no tensor at
+    # all (the compiled op saves the 16-byte [seed, offset] state tensor).
+    assert sum(saved) == 0
     y.sum().backward()
 
 
@@ -260,3 +262,22 @@ def test_torch_compile_fullgraph_matches_eager_for_a_fixed_seed():
     assert not torch.equal(a, b)
     # 32768 elements, binomial sd of the drop fraction ~0.0028; allow 6 sd.
     assert abs((a == 0).float().mean().item() - 0.5) < 0.017
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"seed": -1}, ValueError, r"seed must be in \[0, 2\*\*64\), got -1"),
+        ({"seed": 2**64}, ValueError, r"seed must be in \[0, 2\*\*64\)"),
+        ({"seed": 1.5}, TypeError, r"seed must be an int in \[0, 2\*\*64\), got 1.5"),
+        ({"seed": 1, "offset": -3}, ValueError, r"offset must be in \[0, 2\*\*64\), got -3"),
+    ],
+)
+def test_bad_seed_or_offset_is_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        F.dropout(torch.ones(4), 0.5, **kwargs)
+
+
+def test_second_derivative_uses_the_same_mask():
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: F.dropout(t, 0.4, seed=9) ** 2, (x,))

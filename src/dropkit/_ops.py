@@ -1,10 +1,17 @@
-"""The autograd-aware mask op, registered with ``torch.library``.
+"""The autograd-aware mask op, in two forms with one behaviour.
 
-``dropkit::mask_scale`` is opaque to ``torch.compile`` (no graph break, no
-retracing of the kernel) and differentiable: its backward applies the *same*
-mask to the incoming gradient by regenerating it from the saved ``state``
-tensor ``[seed, offset]``. Only those 16 bytes are saved for backward, never a
-mask: dropout costs no activation memory beyond the output itself.
+``dropkit::mask_scale`` (registered with ``torch.library``) is opaque to
+``torch.compile`` (no graph break, no retracing of the kernel) and
+differentiable: its backward applies the *same* mask to the incoming gradient
+by regenerating it from the saved ``state`` tensor ``[seed, offset]``. Only
+those 16 bytes are saved for backward, never a mask: dropout costs no
+activation memory beyond the output itself.
+
+In eager mode the same computation runs through :func:`apply`, an
+``autograd.Function`` holding the seed and offset as Python ints: a custom
+op's dispatch cost ~35 us per call here, several times the kernel itself on
+activations of a few thousand elements (the fixed cost that made small
+DropPath/DropBlock calls slower than timm's).
 """
 
 from __future__ import annotations
@@ -73,3 +80,38 @@ class _MaskScaleInplace(torch.autograd.Function):
 
 def mask_scale_inplace(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor:
     return _MaskScaleInplace.apply(x, state, threshold, scale)
+
+
+class _MaskScale(torch.autograd.Function):
+    """Eager twin of ``dropkit::mask_scale`` (same kernel, same backward)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
+        ctx.key = (seed, offset, threshold, scale)
+        return kernels.mask_scale(x.contiguous(), seed, offset, threshold, scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # Through apply again, so that double backward sees the same mask.
+        return _MaskScale.apply(grad, *ctx.key), None, None, None, None
+
+
+class _MaskScaleInplaceEager(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
+        kernels.mask_scale_(x, seed, offset, threshold, scale)
+        ctx.mark_dirty(x)
+        ctx.key = (seed, offset, threshold, scale)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _MaskScale.apply(grad, *ctx.key), None, None, None, None
+
+
+def apply(
+    x: Tensor, seed: int, offset: int, threshold: int, scale: float, inplace: bool = False
+) -> Tensor:
+    """Eager-mode ``keep ? x * scale : 0`` with the mask of ``(seed, offset)``, differentiable."""
+    function = _MaskScaleInplaceEager if inplace else _MaskScale
+    return function.apply(x, seed, offset, threshold, scale)

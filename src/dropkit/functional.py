@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from dropkit import _ops
-from dropkit.random import KEEP_BITS, draw_seed, keep_mask, keep_threshold
+from dropkit.random import KEEP_BITS, as_u64, draw_seed, keep_mask, keep_threshold
 
 __all__ = [
     "dropout",
@@ -88,6 +88,14 @@ def _normalise_dims(dims: Sequence[int], ndim: int, op: str) -> tuple[int, ...]:
 
 def _resolve_seed(seed: Optional[int], generator: Optional[torch.Generator]) -> int:
     return draw_seed(generator) if seed is None else seed
+
+
+def _resolve_key(
+    seed: Optional[int], offset: int, generator: Optional[torch.Generator]
+) -> tuple[int, int]:
+    """``(seed, offset)`` as checked 64-bit ints, drawing the seed when it is ``None``."""
+    seed = draw_seed(generator) if seed is None else as_u64(seed, "seed")
+    return seed, as_u64(offset, "offset")
 
 
 def _state(seed: Optional[int], offset: int, generator: Optional[torch.Generator]) -> Tensor:
@@ -166,15 +174,25 @@ def dropout(
         scale = 1.0 if threshold else 0.0
     if input.numel() == 0:
         return input
-    state = _state(seed, offset, generator)
-    if not dims:
-        if inplace:
-            return _ops.mask_scale_inplace(input, state, threshold, scale)
-        return _ops.mask_scale(input, state, threshold, scale)
-    mask_shape = tuple(1 if d in dims else n for d, n in enumerate(input.shape))
-    ones = torch.ones(mask_shape, dtype=input.dtype, device=input.device)
-    mask = _ops.mask_scale(ones, state, threshold, scale)
+    if torch.compiler.is_compiling():
+        state = _state(seed, offset, generator)
+        if not dims:
+            if inplace:
+                return _ops.mask_scale_inplace(input, state, threshold, scale)
+            return _ops.mask_scale(input, state, threshold, scale)
+        mask = _ops.mask_scale(_mask_ones(input, dims), state, threshold, scale)
+    else:
+        seed, offset = _resolve_key(seed, offset, generator)
+        if not dims:
+            return _ops.apply(input, seed, offset, threshold, scale, inplace=inplace)
+        mask = _ops.apply(_mask_ones(input, dims), seed, offset, threshold, scale)
     return input.mul_(mask) if inplace else input * mask
+
+
+def _mask_ones(input: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Ones of ``input``'s shape with size 1 along ``dims``: masked, it is a shared mask."""
+    mask_shape = tuple(1 if d in dims else n for d, n in enumerate(input.shape))
+    return torch.ones(mask_shape, dtype=input.dtype, device=input.device)
 
 
 def _channelwise_dims(input: Tensor, op: str, ranks: tuple[int, int]) -> tuple[int, ...]:

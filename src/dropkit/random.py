@@ -44,6 +44,7 @@ __all__ = [
     "keep_threshold",
     "random_bits16",
     "random_bits16_streams",
+    "as_u64",
     "keep_mask",
     "random_words",
     "uniform",
@@ -102,7 +103,8 @@ def philox4x32(counter: Tensor, key: Tensor, rounds: int = _ROUNDS) -> Tensor:
     return torch.stack((c0, c1, c2, c3), dim=-1)
 
 
-def _as_u64(value: int, name: str) -> int:
+def as_u64(value: int, name: str) -> int:
+    """``value`` if it is an int in ``[0, 2**64)``; otherwise an error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int in [0, 2**64), got {value!r}")
     if not 0 <= value < _SEED_SPACE:
@@ -126,9 +128,9 @@ def fold_seed(seed: int, *values: int) -> int:
     Each value is mixed in with one Philox block keyed by the running seed, so
     ``fold_seed(s, rank)`` gives every rank its own reproducible stream.
     """
-    seed = _as_u64(seed, "seed")
+    seed = as_u64(seed, "seed")
     for value in values:
-        value = _as_u64(value, "fold value")
+        value = as_u64(value, "fold value")
         counter = torch.tensor(
             [value & _MASK32, value >> 32, 0x6B657973, 0x666F6C64], dtype=torch.int64
         )
@@ -148,8 +150,8 @@ def keep_threshold(keep_prob: float) -> int:
 def _blocks(
     num_blocks: int, seed: int, offset: int, device: torch.device | str | None
 ) -> Tensor:
-    seed = _as_u64(seed, "seed")
-    offset = _as_u64(offset, "offset")
+    seed = as_u64(seed, "seed")
+    offset = as_u64(offset, "offset")
     block = torch.arange(num_blocks, dtype=torch.int64, device=device)
     counter = torch.stack(
         (
@@ -182,8 +184,8 @@ def random_bits16_streams(
     Row ``(t, r)`` equals ``random_bits16(numel, seeds[t], offsets[r])``; one
     batched Philox evaluation replaces ``len(seeds) * len(offsets)`` calls.
     """
-    seeds = [_as_u64(s, "seed") for s in seeds]
-    offsets = [_as_u64(o, "offset") for o in offsets]
+    seeds = [as_u64(s, "seed") for s in seeds]
+    offsets = [as_u64(o, "offset") for o in offsets]
     blocks = -(-numel // 8)
     shape = (len(seeds), len(offsets), blocks)
     block = torch.arange(blocks, dtype=torch.int64, device=device)
