@@ -297,9 +297,10 @@ class UCIProtocol:
 
     ``samples`` is T for the test predictions (10000 in the paper).
     ``val_samples`` is T for choosing the grid point; the reference uses 10000
-    there too, we default to 1000 (documented deviation: the validation pass of
-    12 nets dominates the run time, and 1000 samples already pin the
-    validation log-likelihood to ~1e-3, far below the gaps between grid points).
+    there too, we default to 1000 (documented deviation: the validation pass
+    scores 12 nets, so it costs 12x the test pass per sample, and 1000 samples
+    already pin the validation log-likelihood to ~1e-3, far below the gaps
+    between grid points).
     """
 
     epochs_multiplier: int = 100
