@@ -272,6 +272,18 @@ def _plan(store, config: ExperimentConfig, world: int, result: SweepResult) -> l
     return plan
 
 
+def _quiesce() -> None:
+    """Wait for every rank before tearing the process group down.
+
+    Without it rank 1 could destroy its gloo pairs while rank 0 was still
+    writing results; a spawned rank once died that way in a CI run, with
+    SIGABRT ("terminate called without an active exception") from gloo's
+    teardown. Only on the success path: after an error the other ranks may
+    never arrive.
+    """
+    dist.barrier()
+
+
 def _spawned(rank: int, port: int, world: int, store_path: str, config: ExperimentConfig,
              result_path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -282,6 +294,7 @@ def _spawned(rank: int, port: int, world: int, store_path: str, config: Experime
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         _rank_main(Path(store_path), config, world, result_path)
+        _quiesce()
     finally:
         dist.destroy_process_group()
 
@@ -299,7 +312,9 @@ def run_experiment_ddp(store_path: Path, config: ExperimentConfig,
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
         try:
-            return _rank_main(store_path if torchrun_rank() == 0 else None, config, world, None)
+            result = _rank_main(store_path if torchrun_rank() == 0 else None, config, world, None)
+            _quiesce()
+            return result
         finally:
             dist.destroy_process_group()
     _check_world(world_size)
