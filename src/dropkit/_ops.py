@@ -20,14 +20,14 @@ import torch
 from torch import Tensor
 
 from dropkit import kernels
+from dropkit.random import as_int64_bits
 
 _U64 = 1 << 64
 
 
 def make_state(seed: int, offset: int) -> Tensor:
     """Pack a 64-bit seed and offset into an int64 tensor (bit patterns preserved)."""
-    as_signed = [v - _U64 if v >= 1 << 63 else v for v in (seed, offset)]
-    return torch.tensor(as_signed, dtype=torch.int64)
+    return as_int64_bits((seed, offset))
 
 
 def unpack_state(state: Tensor) -> tuple[int, int]:

@@ -87,15 +87,14 @@ def _normalise_dims(dims: Sequence[int], ndim: int, op: str) -> tuple[int, ...]:
 
 
 def _resolve_seed(seed: Optional[int], generator: Optional[torch.Generator]) -> int:
-    return draw_seed(generator) if seed is None else seed
+    """``seed`` as a checked 64-bit int, drawn from ``generator`` when it is ``None``."""
+    return draw_seed(generator) if seed is None else as_u64(seed, "seed")
 
 
 def _resolve_key(
     seed: Optional[int], offset: int, generator: Optional[torch.Generator]
 ) -> tuple[int, int]:
-    """``(seed, offset)`` as checked 64-bit ints, drawing the seed when it is ``None``."""
-    seed = draw_seed(generator) if seed is None else as_u64(seed, "seed")
-    return seed, as_u64(offset, "offset")
+    return _resolve_seed(seed, generator), as_u64(offset, "offset")
 
 
 def _state(seed: Optional[int], offset: int, generator: Optional[torch.Generator]) -> Tensor:

@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from dropkit import kernels
-from dropkit.functional import apply_alpha_mask
-from dropkit.random import KEEP_BITS, draw_seed, keep_threshold, philox4x32
+from dropkit.functional import _keep_scale, apply_alpha_mask
+from dropkit.random import draw_seed, philox4x32
 
 __all__ = [
     "MCFallbackWarning",
@@ -161,10 +161,6 @@ def _sample_seeds(seed: int, first: int, count: int) -> list[int]:
     return [w[0] | (w[1] << 32) for w in words]
 
 
-def _inverted_scale(threshold: int) -> float:
-    return (1 << KEEP_BITS) / threshold if threshold else 0.0
-
-
 def _keep(
     seeds: Sequence[int], offsets: Sequence[int], numel: int, threshold: int, device
 ) -> Tensor:
@@ -253,24 +249,22 @@ class _SeededMasks:
             offsets = [base]
         else:
             offsets = [base | (self.first_row + r) for r in range(rows)]
-        threshold = keep_threshold(1.0 - site.p)
+        threshold, keep_prob, scale = _keep_scale(site.p)
+        if site.rule == "classic":
+            scale = 1.0
         values = x.view(samples, rows, *x.shape[1:])
-        if site.rule != "alpha":
-            scale = 1.0 if site.rule == "classic" else _inverted_scale(threshold)
-            if self.consistent or site.shared != "none":
-                keep = _keep(self.seeds, offsets, numel, threshold, x.device)
-                keep = keep.view(samples, len(offsets), *feature_shape)
-                return (values * keep.to(x.dtype) * scale).reshape(x.shape)
+        if site.rule != "alpha" and not self.consistent and site.shared == "none":
             # One mask value per element and one stream per (sample, row): a
             # single kernel call masks and scales the whole batch in one pass.
-            return kernels.mask_scale_streams(values, self.seeds, offsets, threshold, scale).view(
-                x.shape
-            )
-        if threshold == 0:
+            out = kernels.mask_scale_streams(values, self.seeds, offsets, threshold, scale)
+            return out.view(x.shape)
+        if site.rule == "alpha" and threshold == 0:
             return torch.zeros_like(x)
         keep = _keep(self.seeds, offsets, numel, threshold, x.device)
         keep = keep.view(samples, len(offsets), *feature_shape)
-        return apply_alpha_mask(values, keep, threshold / (1 << KEEP_BITS)).reshape(x.shape)
+        if site.rule == "alpha":
+            return apply_alpha_mask(values, keep, keep_prob).reshape(x.shape)
+        return (values * keep.to(x.dtype) * scale).reshape(x.shape)
 
 
 # --- the fx split ----------------------------------------------------------------------

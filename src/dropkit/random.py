@@ -45,6 +45,7 @@ __all__ = [
     "random_bits16",
     "random_bits16_streams",
     "as_u64",
+    "as_int64_bits",
     "keep_mask",
     "random_words",
     "uniform",
@@ -110,6 +111,11 @@ def as_u64(value: int, name: str) -> int:
     if not 0 <= value < _SEED_SPACE:
         raise ValueError(f"{name} must be in [0, 2**64), got {value}")
     return value
+
+
+def as_int64_bits(values: Sequence[int]) -> Tensor:
+    """64-bit unsigned ints as an int64 tensor with the same bit patterns (for C and tensors)."""
+    return torch.tensor([v - _SEED_SPACE if v >= 1 << 63 else v for v in values], dtype=torch.int64)
 
 
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:

@@ -466,7 +466,6 @@ class _GridMLP:
         self._grads = views(self.flat_grad)
 
     def _set_keep(self, keep: Tensor) -> None:
-        self.keep = keep.to(torch.float32)
         thresholds = [keep_threshold(k) for k in keep.tolist()]
         if 0 in thresholds:
             raise ValueError(f"every keep probability must be > 2**-17, got {keep.tolist()}")

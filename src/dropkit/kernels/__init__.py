@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from dropkit.kernels import reference
+from dropkit.random import as_int64_bits
 
 __all__ = ["mask_scale", "mask_scale_", "mask_scale_streams", "backend_name", "native_module"]
 
@@ -151,11 +152,6 @@ def mask_scale_(x: Tensor, seed: int, offset: int, threshold: int, scale: float)
     return x.copy_(_run_native(dense, dense, seed, offset, threshold, scale))
 
 
-def _as_int64(values: Sequence[int]) -> Tensor:
-    # The kernel reads uint64: values >= 2**63 are stored as their two's complement.
-    return torch.tensor([v - (1 << 64) if v >= 1 << 63 else v for v in values], dtype=torch.int64)
-
-
 def mask_scale_streams(
     x: Tensor, seeds: Sequence[int], offsets: Sequence[int], threshold: int, scale: float
 ) -> Tensor:
@@ -168,7 +164,8 @@ def mask_scale_streams(
         return reference.mask_scale_streams(x, seeds, offsets, threshold, scale)
     x = x.contiguous()
     out = torch.empty_like(x)
-    seed_array, offset_array = _as_int64(seeds), _as_int64(offsets)
+    # The kernel reads the arrays as uint64.
+    seed_array, offset_array = as_int64_bits(seeds), as_int64_bits(offsets)
     _native.mask_scale_streams(
         x.data_ptr(),
         out.data_ptr(),
