@@ -190,6 +190,12 @@ def test_uci_command_runs_resumes_and_reports(tmp_path):
     assert table.exit_code == 0 and "| toy | 2 |" in table.output
 
 
+def test_uci_command_help_is_the_benchmark_options():
+    result = _lab("uci", "--help")
+    assert result.exit_code == 0
+    assert "usage: dropkit lab uci" in result.output and "--val-samples" in result.output
+
+
 def test_uci_command_rejects_bad_input_before_training(tmp_path):
     from tests.test_uci import _write_dataset
 

@@ -362,41 +362,21 @@ def tasks(
     _console.print(table)
 
 
-@lab.command()
-def uci(
-    out: Path = typer.Option(
-        ..., "--out", help="Folder for results.jsonl; rerunning with it skips finished splits."
-    ),
-    datasets: str = typer.Option("all", "--datasets", help="Comma list or 'all'."),
-    splits: str = typer.Option("all", "--splits", help="'all', '3', '0-4' or '0,2,5'."),
-    data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help="UCI folder (default: ../shared/data/uci or $DROPKIT_UCI_DIR)."
-    ),
-    samples: int = typer.Option(10000, "--samples", help="MC samples T on the test rows."),
-    val_samples: int = typer.Option(1000, "--val-samples", help="MC samples on validation."),
-    epochs_multiplier: int = typer.Option(100, "--epochs-multiplier"),
-    seed: int = typer.Option(0, "--seed"),
-    threads: int = typer.Option(1, "--threads", help="torch threads (1: the nets are tiny)."),
-    report_only: bool = typer.Option(
-        False, "--report", help="Only print the table of what --out holds."
-    ),
-) -> None:
-    """The UCI regression benchmark of MC dropout (Gal & Ghahramani 2016) vs published numbers."""
+@lab.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def uci(ctx: typer.Context) -> None:
+    """The UCI regression benchmark of MC dropout (Gal & Ghahramani 2016) vs published numbers.
+
+    Options are those of python -m dropkit.uci (see dropkit lab uci --help): they are
+    passed through, so the two commands cannot drift apart.
+    """
     from dropkit import uci as benchmark
 
-    argv = [
-        "--out", str(out), "--datasets", datasets, "--splits", splits,
-        "--samples", str(samples), "--val-samples", str(val_samples),
-        "--epochs-multiplier", str(epochs_multiplier), "--seed", str(seed),
-        "--threads", str(threads),
-    ]
-    if data_dir is not None:
-        argv += ["--data-dir", str(data_dir)]
-    if report_only:
-        argv.append("--report")
     try:
-        code = benchmark.main(argv, prog="dropkit lab uci")
-    except SystemExit as exit_:  # bad input: the message is already printed
+        code = benchmark.main(ctx.args, prog="dropkit lab uci")
+    except SystemExit as exit_:  # --help, or bad input with the message already printed
         raise typer.Exit(code=exit_.code if isinstance(exit_.code, int) else 2) from None
     raise typer.Exit(code=code)
 
