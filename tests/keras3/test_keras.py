@@ -1,0 +1,52 @@
+"""dropkit.keras on every Keras backend that is installed, each in its own process.
+
+Keras fixes its backend when it is first imported, so each backend runs
+``backend_cases.py`` in a fresh interpreter. torch is always there; JAX runs
+when it imports; TensorFlow runs when it imports here or when
+``DROPKIT_KERAS_TF_PYTHON`` names an interpreter that has it (TensorFlow is a
+2.4 GB install, so CI does not carry it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CASES = Path(__file__).with_name("backend_cases.py")
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+pytest.importorskip("keras", reason="dropkit.keras needs the keras extra")
+
+
+def _interpreter(backend: str) -> str:
+    if backend == "torch":
+        return sys.executable
+    module = {"jax": "jax", "tensorflow": "tensorflow"}[backend]
+    if importlib.util.find_spec(module) is not None:
+        return sys.executable
+    if backend == "tensorflow" and os.environ.get("DROPKIT_KERAS_TF_PYTHON"):
+        return os.environ["DROPKIT_KERAS_TF_PYTHON"]
+    pytest.skip(f"{module} is not installed (set DROPKIT_KERAS_TF_PYTHON for TensorFlow)")
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax", "tensorflow"])
+def test_backend(backend):
+    python = _interpreter(backend)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    done = subprocess.run(
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CASES)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout
