@@ -20,7 +20,9 @@ import pytest
 CASES = Path(__file__).with_name("backend_cases.py")
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-pytest.importorskip("keras", reason="dropkit.keras needs the keras extra")
+# Only looked up, not imported: Keras picks its backend at import (TensorFlow by default).
+if importlib.util.find_spec("keras") is None:
+    pytest.skip("dropkit.keras needs the keras extra", allow_module_level=True)
 
 
 def _interpreter(backend: str) -> str:
@@ -50,3 +52,10 @@ def test_backend(backend):
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert " passed" in done.stdout
+
+
+def test_import_dropkit_does_not_import_keras():
+    code = "import sys, dropkit; print('keras' in sys.modules, 'jax' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.split() == ["False", "False"], done.stderr

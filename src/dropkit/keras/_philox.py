@@ -14,6 +14,9 @@ tensors (never Python state), so the functions trace under ``jax.jit`` and
 
 from __future__ import annotations
 
+import functools
+
+import keras
 from keras import ops
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
@@ -94,8 +97,23 @@ def random_bits16(numel: int, key, counter_hi):
         raise ValueError(
             f"dropkit.keras draws at most 2**34 lanes per call, but {numel} were asked for"
         )
-    k0, k1 = (u32(k) for k in key)
-    o0, o1 = (u32(o) for o in counter_hi)
+    words = [u32(k) for k in key] + [u32(o) for o in counter_hi]
+    if keras.backend.backend() == "jax":
+        # Eager JAX dispatches each of Philox's ~200 elementwise ops on its own; one
+        # jitted program per size runs them fused, and inside an outer jax.jit it inlines.
+        return _jitted_lanes(numel)(*words)
+    return _lanes(numel, *words)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_lanes(numel: int):
+    import jax
+
+    return jax.jit(functools.partial(_lanes, numel))
+
+
+def _lanes(numel: int, k0, k1, o0, o1):
+    blocks = -(-numel // 8)
     block = ops.cast(ops.arange(blocks, dtype="int32"), "uint32")
     zero = ops.zeros_like(block)
     words = philox4x32(block, zero, zero + o0, zero + o1, k0, k1)
