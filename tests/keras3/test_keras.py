@@ -1,8 +1,8 @@
 """dropkit.keras on every Keras backend that is installed, each in its own process.
 
 Keras fixes its backend when it is first imported, so each backend runs
-``backend_cases.py`` in a fresh interpreter. torch is always there; JAX runs
-when it imports; TensorFlow runs when it imports here or when
+``backend_cases.py`` in a fresh interpreter. torch and Keras' NumPy backend are
+always there; JAX runs when it imports; TensorFlow runs when it imports here or when
 ``DROPKIT_KERAS_TF_PYTHON`` names an interpreter that has it (TensorFlow is a
 2.4 GB install, so CI does not carry it).
 """
@@ -26,7 +26,7 @@ if importlib.util.find_spec("keras") is None:
 
 
 def _interpreter(backend: str) -> str:
-    if backend == "torch":
+    if backend in ("torch", "numpy"):
         return sys.executable
     module = {"jax": "jax", "tensorflow": "tensorflow"}[backend]
     if importlib.util.find_spec(module) is not None:
@@ -36,7 +36,7 @@ def _interpreter(backend: str) -> str:
     pytest.skip(f"{module} is not installed (set DROPKIT_KERAS_TF_PYTHON for TensorFlow)")
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax", "tensorflow"])
+@pytest.mark.parametrize("backend", ["torch", "jax", "tensorflow", "numpy"])
 def test_backend(backend):
     python = _interpreter(backend)
     env = {
@@ -56,6 +56,7 @@ def test_backend(backend):
 
 def test_import_dropkit_does_not_import_keras():
     code = "import sys, dropkit; print('keras' in sys.modules, 'jax' in sys.modules)"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.stdout.split() == ["False", "False"], done.stderr

@@ -9,15 +9,23 @@ ops (native CPU kernel, Triton on GPU); on JAX and TensorFlow they run
 from __future__ import annotations
 
 try:
-    import keras  # noqa: F401
+    import keras
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
         "dropkit.keras needs Keras 3: pip install 'dropkit[keras]' (and a backend: "
         "torch, jax or tensorflow)"
     ) from error
 
-from dropkit.keras import functional
-from dropkit.keras.layers import (
+SUPPORTED_BACKENDS = ("torch", "jax", "tensorflow", "numpy")
+if keras.backend.backend() not in SUPPORTED_BACKENDS:
+    raise ImportError(
+        f"dropkit.keras serves the Keras backends {SUPPORTED_BACKENDS}, but Keras runs on "
+        f"{keras.backend.backend()!r}: its unsigned 32-bit integer ops, which dropkit's "
+        "Philox needs, are not tested there; set KERAS_BACKEND to one of those"
+    )
+
+from dropkit.keras import functional  # noqa: E402
+from dropkit.keras.layers import (  # noqa: E402
     AlphaDropout,
     DropBlock2D,
     DropkitLayer,
@@ -29,9 +37,10 @@ from dropkit.keras.layers import (
     SpatialDropout2D,
     SpatialDropout3D,
 )
-from dropkit.keras.mc import check, dropout_layers, mc_predict
+from dropkit.keras.mc import check, dropout_layers, mc_predict  # noqa: E402
 
 __all__ = [
+    "SUPPORTED_BACKENDS",
     "AlphaDropout",
     "DropBlock2D",
     "DropPath",
