@@ -6,6 +6,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from dropkit.lab.summary import ExperimentSummary, Stat
+from dropkit.lab.tasks import Task
+
+__all__ = ["comparison_table", "gap_definition"]
+
+
+def gap_definition(task: Task) -> str:
+    """How the generalisation gap is computed for ``task``: positive = better on training data.
+
+    Matches :func:`dropkit.lab.summary._gap` (train - test when higher is better,
+    test - train for RMSE, perplexity and bits per character).
+    """
+    metric = task.metric.replace("_", " ")
+    return f"train - test {metric}" if task.higher_is_better else f"test - train {metric}"
 
 
 def _cell(stat: Stat | None, digits: int = 4) -> str:
@@ -21,7 +34,7 @@ def comparison_table(summary: ExperimentSummary) -> Table:
     target = "-" if summary.target is None else f"{summary.target:.4f}"
     table = Table(
         title=f"{escape(summary.experiment.name)} ({summary.task.name}; mean ± s.e. over seeds)",
-        caption=f"gap = train - test {metric} (test - train for rmse); target {metric} = {target}"
+        caption=f"gap = {gap_definition(summary.task)}; target {metric} = {target}"
         " (a run that never reaches it counts as its epochs + 1)",
     )
     for column in ("variant", "p", "seeds", f"train {metric}", f"test {metric}", "gap",
