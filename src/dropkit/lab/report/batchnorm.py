@@ -21,8 +21,8 @@ __all__ = ["DEFINITION", "SHORT", "after_dropout_layers", "layers", "run_shifts"
 DEFINITION = (
     "variance shift (Li et al., 2019; dropkit.check.variance_shift): for each channel, "
     "r = variance of the layer's input at test time / its running variance, and the shift is "
-    "the mean over channels of max(r, 1/r); 1 means the running statistics fit, 1.5 means "
-    "they are off by 1.5x in one direction or the other"
+    "the mean over channels of max(r, 1/r); 1 means the running statistics fit, 1.5 that "
+    "the variance is off by a factor of 1.5, too large or too small"
 )
 #: Axis label and column header.
 SHORT = "variance shift (1 = none)"

@@ -71,6 +71,7 @@ class Plot:
     height: int
     #: Narrowest panel, in CSS pixels (what a reader's eye gets per panel).
     min_panel_width: int
+    #: What the figure shows: its panel titles and legend entries, as drawn.
     alt: str
 
 
@@ -138,11 +139,27 @@ def _grid(
     return figure, cells
 
 
-def _plot(figure: plt.Figure, alt: str) -> Plot:
+def _describe(what: str, figure: plt.Figure) -> str:
+    """Alt text: the figure's panel titles (or axis labels) and legend entries, as drawn."""
+    def unique(texts: list[str]) -> list[str]:
+        return list(dict.fromkeys(" ".join(t.split()) for t in texts if t.strip()))
+
+    axes = [a for a in figure.axes if a.get_visible()]
+    titles = unique([a.get_title() for a in axes])
+    labels = unique([a.get_ylabel() for a in axes] + [a.get_xlabel() for a in axes])
+    legend = unique([t.get_text() for a in axes if a.get_legend() for t in a.get_legend().texts])
+    text = f"{what}: {'; '.join(titles or labels)}"
+    if titles and labels:
+        text += f" (axes: {', '.join(labels)})"
+    return text + (f" (legend: {', '.join(legend)})" if legend else "")
+
+
+def _plot(figure: plt.Figure, what: str) -> Plot:
     figure.canvas.draw()  # the constrained layout is final once drawn
     width, height = (round(v * _CSS_DPI) for v in figure.get_size_inches())
     panels = [a.get_window_extent().width / figure.dpi * _CSS_DPI
               for a in figure.axes if a.get_visible()]
+    alt = _describe(what, figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_CSS_DPI * _SCALE)
     plt.close(figure)

@@ -121,13 +121,14 @@ def sweep_section(store: RunStore, experiment: ExperimentRecord) -> str:
         return ""
     snapshot = load_snapshot(store, experiment)
     if snapshot is None:
-        return '<h2>Sweep</h2><p class="muted">not measured: no trial has finished yet.</p>'
+        return ('<section id="sweep"><h2>Sweep</h2><p class="muted">not measured: no trial has '
+                "finished yet.</p></section>")
     counts: dict[str, int] = {}
     for trial in snapshot["trials"]:
         counts[trial["state"]] = counts.get(trial["state"], 0) + 1
     state_text = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     parts = [
-        "<h2>Sweep</h2>",
+        '<section id="sweep"><h2>Sweep</h2>',
         f"<p>Optuna study <b>{escape(snapshot['study'])}</b> in "
         f"<code>{escape(snapshot['storage'])}</code>: TPE sampler, median pruning; "
         f"{escape(snapshot['direction'])} {escape(snapshot['metric'])}, budget "
@@ -174,5 +175,5 @@ def sweep_section(store: RunStore, experiment: ExperimentRecord) -> str:
             f'<td class="left">{escape(str(attrs.get("run_key", attrs.get("surplus", "-"))))}'
             "</td></tr>"
         )
-    parts.append("</table>")
+    parts.append("</table></section>")
     return "\n".join(parts)
