@@ -41,9 +41,9 @@ pre { background: #f6f6f8; padding: 0.8em; overflow-x: auto; }
 """
 
 
-def _img(plot: Optional[plots.Plot], what: str, caption: str = "") -> str:
+def _img(plot: Optional[plots.Plot], what: str, caption: str = "", missing: str = "") -> str:
     if plot is None:
-        return f'<p class="muted">not measured: no data for {escape(what)}.</p>'
+        return f'<p class="muted">not measured: {escape(missing or f"no data for {what}")}.</p>'
     return plots.figure_html(plot, caption)
 
 
@@ -142,6 +142,10 @@ _REGRESSION_COLUMNS = (
 )
 
 
+_OLDER_RUNS = ("these runs were measured before the lab recorded reliability bins and referral "
+               "curves; a new experiment records them")
+
+
 def _uncertainty(summary: ExperimentSummary) -> str:
     if not summary.task.uncertainty:
         return '<p class="muted">not measured: this task does not report MC uncertainty.</p>'
@@ -174,16 +178,16 @@ def _uncertainty(summary: ExperimentSummary) -> str:
         parts.append(_stat_table(groups, _REFERRAL_COLUMNS))
         parts.append("<h3>Reliability diagram</h3>")
         parts.append(_img(
-            plots.reliability(summary), "the reliability diagram",
-            "Accuracy against mean confidence per confidence bin, seeds pooled (a marker's "
+            plots.reliability(summary), "the reliability diagram", missing=_OLDER_RUNS,
+            caption="Accuracy against mean confidence per confidence bin, seeds pooled (a marker's "
             "area grows with its number of cases). On the diagonal, a confidence of 0.9 is "
             "right 90% of the time; below it, the model is over-confident."))
         parts.append("<h3>Referral curve</h3>")
         parts.append(_img(
-            plots.referral_curves(summary), "the referral curve (runs recorded before it was)",
-            "Accuracy on the cases the model keeps as the most uncertain ones are referred. "
-            "A curve that rises means the uncertainty finds the errors; a flat one means "
-            "referring by uncertainty is no better than referring at random."))
+            plots.referral_curves(summary), "the referral curve", missing=_OLDER_RUNS,
+            caption="Accuracy on the cases the model keeps as the most uncertain ones are "
+            "referred. A curve that rises means the uncertainty finds the errors; a flat one "
+            "means referring by uncertainty is no better than referring at random."))
     else:
         parts.append(
             f"<p>MC dropout (Gal &amp; Ghahramani, 2016): mean and variance of {passes} with "
@@ -202,7 +206,9 @@ _MEASURED_RATIO = re.compile(r"\d+\.\d+x\b")
 def _finding_text(message: str) -> str:
     # A sentence ends at a full stop followed by a space: "features.5" is not an end.
     sentences = re.split(r"(?<=\.)\s+", message.strip())
-    return " ".join(s for s in sentences if not _MEASURED_RATIO.search(s))
+    text = " ".join(s for s in sentences if not _MEASURED_RATIO.search(s))
+    # A swept rate is quoted at full precision ("p=0.06970343976123257"): 3 digits say it.
+    return re.sub(r"\d+\.\d{4,}", lambda m: f"{float(m.group()):.3g}", text)
 
 
 def _check(summary: ExperimentSummary) -> str:

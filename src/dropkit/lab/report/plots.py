@@ -227,13 +227,17 @@ def learning_curves(summary: ExperimentSummary) -> Optional[Plot]:
                 high = [m + s for m, s in zip(mean, sem, strict=True)]
                 axis.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
             axis.xaxis.get_major_locator().set_params(integer=True)
+            # The same epoch axis everywhere: a pruned one-epoch trial is a dot at epoch 1.
+            axis.set_xlim(0.5, longest_run(summary) + 0.5)
         length = min(len(run.epochs) for run in group.runs)
         top.set_title(_label(group) + (" (1 epoch)" if length == 1 else ""))
         top.set_ylabel(metric)
         bottom.set_ylabel("loss")
         bottom.set_xlabel("epoch")
-    if all(v > 0 for run in summary.all_runs for e in run.epochs
-           for v in (e["train_loss"], e["test_loss"])):
+    losses = [v for group in groups for run in group.runs for e in run.epochs
+              for v in (e["train_loss"], e["test_loss"])]
+    # A log axis pays when the loss spans a decade; below that it leaves one tick label.
+    if min(losses) > 0 and max(losses) > 10 * min(losses):
         cells[0][1].set_yscale("log")  # shared: every loss panel follows
         # 0.4, not 4 x 10^-1; between powers of ten only 2 and 5 are labelled, to fit.
         cells[0][1].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
