@@ -8,7 +8,7 @@ from rich.table import Table
 from dropkit.lab.summary import ExperimentSummary, Stat
 from dropkit.lab.tasks import Task
 
-__all__ = ["comparison_table", "gap_definition"]
+__all__ = ["comparison_table", "format_stat", "gap_definition"]
 
 
 def gap_definition(task: Task) -> str:
@@ -21,11 +21,19 @@ def gap_definition(task: Task) -> str:
     return f"train - test {metric}" if task.higher_is_better else f"test - train {metric}"
 
 
-def _cell(stat: Stat | None, digits: int = 4) -> str:
+def format_stat(stat: Stat | None, digits: int = 4) -> str:
+    """``mean ± s.e.`` with ``digits`` decimals (``-`` when unmeasured): how tables print a Stat.
+
+    The BatchNorm table uses ``digits=3``; a claim quoting the same quantity
+    formats it the same way, so the reader sees one number, not two roundings.
+    """
     if stat is None:
         return "-"
     text = f"{stat.mean:.{digits}f}"
     return text if stat.sem is None else f"{text} ± {stat.sem:.{digits}f}"
+
+
+_cell = format_stat
 
 
 def comparison_table(summary: ExperimentSummary) -> Table:
