@@ -1,10 +1,9 @@
 import base64
 import re
-import shutil
-import subprocess
 
 import pytest
 
+from dropkit.lab.report import batchnorm, plots
 from dropkit.lab.report.claims import (
     MIXED,
     NOT_MEASURED,
@@ -12,9 +11,11 @@ from dropkit.lab.report.claims import (
     SUPPORTED,
     evaluate_claims,
 )
-from dropkit.lab.report.html import render_report, write_report
+from dropkit.lab.report.html import _finding_text, render_report, write_report
+from dropkit.lab.report.table import gap_definition
 from dropkit.lab.store import open_store
-from dropkit.lab.summary import summarise
+from dropkit.lab.summary import ExperimentSummary, GroupSummary, RunResult, summarise
+from dropkit.lab.tasks import get_task
 
 
 def _summary(path, name):
@@ -87,45 +88,124 @@ def test_report_without_finished_runs_says_so(tmp_path):
     assert "No finished runs yet" in path.read_text()
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium; .ci/run does)"
-)
+# --- the report's figures and sections (the browser view is tests/lab/test_report_browser.py)
 
 
-def _chromium(url, screenshot, tmp_path):
-    """Load ``url`` headless; returns the browser's console lines and writes a screenshot."""
-    result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--log-level=0",
-         "--window-size=1200,1600", f"--screenshot={screenshot}", url],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert screenshot.exists(), result.stderr[-2000:]
-    return [line for line in result.stderr.splitlines() if "CONSOLE" in line]
+def _section(html, anchor):
+    found = re.search(rf'<section id="{anchor}">(.*?)</section>', html, re.S)
+    assert found, anchor
+    return found.group(1)
 
 
-@needs_chromium
-def test_console_detector_sees_errors_on_a_bad_page(tmp_path):
-    # Control: proves the check below would catch a console error if the report had one.
-    bad = tmp_path / "bad.html"
-    bad.write_text("<html><body>x<script>console.error('boom'); undefinedCall();</script>")
-    console = _chromium(bad.as_uri(), tmp_path / "bad.png", tmp_path)
-    assert any("boom" in line for line in console)
-    assert any("undefinedCall" in line for line in console)
-
-
-@needs_chromium
-def test_report_renders_in_chromium_without_console_errors(tiny_store, tmp_path):
-    import matplotlib.image
-
-    path, name = tiny_store
+def _synthetic(path, task, groups, epochs=1, measurements=None):
+    """A store whose (variant, p) groups (one run per seed) end with the given metric values."""
     with open_store(path) as store:
-        report = write_report(store, store.get_experiment(name), tmp_path / "report.html")
-    screenshot = tmp_path / "report.png"
-    console = _chromium(report.as_uri(), screenshot, tmp_path)
-    assert console == []
-    pixels = matplotlib.image.imread(screenshot)[..., :3]
-    not_white = (pixels < 0.95).any(-1).mean()
-    assert not_white > 0.02  # text, tables and plots cover a few percent of a blank canvas
-    assert len({tuple(p) for p in pixels.reshape(-1, 3)[::97].round(2).tolist()}) > 10
+        experiment = store.ensure_experiment("synthetic", task, {})
+        metric = summarise(store, experiment).metric
+        for (variant, p), seeds in groups.items():
+            for seed, (train, test) in enumerate(seeds):
+                run = store.ensure_run(experiment.id, f"{variant}/p={p}/seed={seed}", {
+                    "variant": variant, "p": p, "seed": seed})
+                for epoch in range(1, epochs + 1):
+                    store.log_epoch(run.id, epoch, {
+                        f"train_{metric}": train, f"test_{metric}": test, "train_loss": 0.5,
+                        "test_loss": 0.6, "fit_loss": 0.5, "epoch_time": 0.1}, b"")
+                store.finish_run(run.id, (measurements or {}).get((variant, p, seed), {}), {})
+        return summarise(store, experiment)
+
+
+def test_gap_is_labelled_with_the_sign_it_is_computed_with(tmp_path):
+    # Perplexity: lower is better, so the gap is test - train (positive = overfitting).
+    summary = _synthetic(tmp_path / "s.sqlite", "ptb", {("standard", 0.0): [(90.0, 130.0)]})
+    assert summary.groups[0].gap.mean == 40.0
+    assert gap_definition(summary.task) == "test - train perplexity"
+    comparison = _section(render_report(summary), "comparison")
+    assert "gap = test - train perplexity" in comparison
+    assert "train - test" not in comparison
+    assert gap_definition(get_task("breast-cancer")) == "train - test accuracy"
+
+
+def test_one_epoch_runs_say_so_instead_of_empty_learning_curves(tmp_path):
+    # PTB at its defaults is one long epoch per run: nothing to draw a curve through.
+    summary = _synthetic(tmp_path / "s.sqlite", "ptb", {
+        ("standard", 0.0): [(90.0, 130.0)], ("standard", 0.5): [(110.0, 120.0)]})
+    assert plots.learning_curves(summary) is None
+    section = _section(render_report(summary), "learning-curves")
+    assert "one epoch" in section and "<img" not in section
+
+
+def test_many_groups_wrap_into_rows_of_readable_panels(tmp_path):
+    rates = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    summary = _synthetic(tmp_path / "s.sqlite", "breast-cancer",
+                         {("standard", p): [(0.9, 0.8)] for p in rates}, epochs=3)
+    plot = plots.learning_curves(summary)
+    assert plot.width <= plots.PAGE_WIDTH
+    # Plot area per panel; one row of 8 gave ~100 px at half-size text once fitted to the page.
+    assert plot.min_panel_width >= 170
+    assert plot.height >= 2 * 2 * 150  # two rows of (metric, loss) cells
+    assert "standard p=0.7" in plot.alt
+
+
+def test_co_adaptation_panels_are_readable_and_labelled(tiny_store):
+    plot = plots.co_adaptation(_summary(*tiny_store))
+    assert plot.width <= plots.PAGE_WIDTH and plot.min_panel_width >= 250
+    assert "mean |correlation| between units" in plot.alt
+    assert "_" not in plot.alt  # human labels, not measurement keys
+
+
+def test_reliability_diagram_draws_a_second_series_per_panel():
+    nan = float("nan")
+    mc = plots.ReliabilitySeries("MC dropout", [0.55, nan, 0.95], [0.5, nan, 0.9], [10, 0, 90])
+    scaled = plots.ReliabilitySeries("after temperature scaling", [0.6, 0.8, 0.9],
+                                     [0.55, 0.8, 0.92], [5, 5, 90], colour="C3", style="--")
+    plot = plots.reliability_diagram([("standard p=0.5", [mc, scaled]), ("other", [mc])])
+    assert base64.b64decode(plot.png)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "MC dropout" in plot.alt and "after temperature scaling" in plot.alt
+    assert "standard p=0.5; other" in plot.alt
+
+
+def test_uncertainty_section_is_tables_and_figures_without_p0(tiny_store):
+    section = _section(render_report(_summary(*tiny_store)), "uncertainty")
+    assert "<pre" not in section and "&quot;nll&quot;" not in section
+    assert not re.search(r"\d\.\d{4,}", section)  # three decimals, not sixteen
+    assert "p = 0 is left out" in section
+    assert not re.search(r"<td[^>]*>standard</td><td>0</td>", section)  # no p = 0 row
+    assert 'alt="reliability diagram' in section and 'alt="referral curve' in section
+
+
+def _bn_run(shifts):
+    return RunResult(None, [], {"bn_variance_shift": [
+        {"layer": name, "after_dropout": name == "features.5", "ratio": 0.0,
+         "library_shift": value} for name, value in shifts.items()]})
+
+
+def test_batchnorm_shift_is_one_quantity_averaged_per_run_then_over_seeds():
+    runs = [_bn_run({"features.1": 1.0, "features.5": 2.0}),
+            _bn_run({"features.1": 1.2, "features.5": 3.0})]
+    group = GroupSummary("standard", 0.5, runs)
+    # Per run: mean over the chosen layers; then mean ± s.e. over the two seeds.
+    assert batchnorm.shift(group, {"features.5"}).mean == 2.5
+    assert batchnorm.shift(group, {"features.5"}).n == 2  # layers are not extra seeds
+    assert batchnorm.shift(group).mean == (1.5 + 2.1) / 2
+    summary = ExperimentSummary(None, get_task("digits"), [group], runs)
+    assert batchnorm.layers(summary) == [("features.1", False), ("features.5", True)]
+    assert batchnorm.after_dropout_layers(summary) == {"features.5"}
+
+
+def test_findings_leave_the_variance_ratios_to_the_batchnorm_table():
+    import torch
+
+    import dropkit
+    from dropkit.lab.tasks.digits import DigitsCNN
+
+    torch.manual_seed(0)
+    model = DigitsCNN(0.5)
+    model.train()
+    model(torch.randn(64, 1, 8, 8))  # one batch of running statistics
+    messages = [f.message for f in dropkit.check(model, torch.randn(64, 1, 8, 8))
+                if f.code == "dropout-before-batchnorm"]
+    assert messages and re.search(r"\d\.\d+x", messages[0])  # the library quotes its ratios
+    text = _finding_text(messages[0])
+    assert not re.search(r"\d\.\d+x", text)
+    assert text.startswith("dropout runs before BatchNorm 'features.5'")
+    assert "Li et al. 2019" in text

@@ -46,6 +46,8 @@ __all__ = [
 ABLATION_FRACTIONS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 _EVAL_BATCH = 512
 _LM_WINDOWS = 32
+#: Fractions of the most uncertain test cases referred to a human, for the referral curve.
+_REFERRED: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(19))
 
 
 def not_measured(reason: str) -> dict:
@@ -347,6 +349,7 @@ def _library_uncertainty(task: Task, model: nn.Module, data: TaskData, samples: 
         probs, y = result.mean, data.y_test
         # Referral: answer the least uncertain patients first (predictive entropy).
         selective = metrics.selective_prediction(result.predictive_entropy, result.predicted == y)
+        bins = metrics.reliability_bins(probs, y)  # the bins behind "ece": one binning
         return {
             "nll": _plain(metrics.nll(probs, y)),
             "brier": _plain(metrics.brier_score(probs, y)),
@@ -356,6 +359,12 @@ def _library_uncertainty(task: Task, model: nn.Module, data: TaskData, samples: 
                 **{f"accuracy_at_{round(100 * c)}%": selective.accuracy_at(c)
                    for c in (1.0, 0.9, 0.8, 0.5)},
             },
+            # The report's reliability diagram and referral curve (docs/lab.md, The report).
+            "reliability": {"count": bins.count.tolist(),
+                            "accuracy": _plain(bins.accuracy.tolist()),
+                            "confidence": _plain(bins.confidence.tolist())},
+            "referral": {"referred": list(_REFERRED),
+                         "accuracy": [selective.accuracy_at(1.0 - r) for r in _REFERRED]},
         }
 
     def regression() -> dict:

@@ -9,16 +9,18 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import tempfile
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 from typing import Optional
 
-from dropkit.lab.report import plots
+from dropkit.lab.report import batchnorm, plots
 from dropkit.lab.report.claims import MIXED, NOT_MEASURED, SUPPORTED, evaluate_claims
-from dropkit.lab.report.table import _cell
+from dropkit.lab.report.table import _cell, gap_definition
 from dropkit.lab.store import ExperimentRecord, RunStore
-from dropkit.lab.summary import ExperimentSummary, summarise
+from dropkit.lab.summary import ExperimentSummary, GroupSummary, Stat, summarise
 
 __all__ = ["render_report", "write_report"]
 
@@ -29,7 +31,9 @@ h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-align: top; }
 th { background: #f2f2f5; } td.left, th.left { text-align: left; }
-img { max-width: 100%; } .muted { color: #666; }
+td:not(.left) { white-space: nowrap; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; } .muted { color: #666; }
+figure { margin: 1em 0; } figcaption { color: #666; font-size: 0.9em; max-width: 1040px; }
 .verdict { font-weight: bold; white-space: nowrap; }
 .supported { color: #17692b; } .not-supported { color: #a11; } .not-measured { color: #777; }
 .mixed { color: #9a6200; }
@@ -37,10 +41,10 @@ pre { background: #f6f6f8; padding: 0.8em; overflow-x: auto; }
 """
 
 
-def _img(data: Optional[str], alt: str) -> str:
-    if data is None:
-        return f'<p class="muted">not measured: no data for {escape(alt)}.</p>'
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+def _img(plot: Optional[plots.Plot], what: str, caption: str = "", missing: str = "") -> str:
+    if plot is None:
+        return f'<p class="muted">not measured: {escape(missing or f"no data for {what}")}.</p>'
+    return plots.figure_html(plot, caption)
 
 
 def _not_measured_note(summary: ExperimentSummary, name: str) -> str:
@@ -89,38 +93,152 @@ def _claims(summary: ExperimentSummary) -> str:
     )
 
 
+def _stat_table(
+    groups: Sequence[GroupSummary],
+    columns: Sequence[tuple[str, object]],
+    digits: int = 3,
+) -> str:
+    """Per group, mean ± s.e. over seeds of each column; a column is (header, group -> Stat)."""
+    header = '<th class="left">variant</th><th>p</th><th>seeds</th>' + "".join(
+        f"<th>{escape(name)}</th>" for name, _ in columns)
+    rows = []
+    for group in groups:
+        cells = "".join(f"<td>{escape(_cell(value(group), digits))}</td>" for _, value in columns)
+        rows.append(f'<tr><td class="left">{escape(group.variant)}</td><td>{group.p:.3g}</td>'
+                    f"<td>{len(group.runs)}</td>{cells}</tr>")
+    return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
+
+
+def _measured(*path: str):
+    """Column getter: the value at ``path`` in each run's measurements, over seeds."""
+    def value(group: GroupSummary) -> Optional[Stat]:
+        numbers = []
+        for run in group.runs:
+            node = run.measurements
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, (int, float)) and not isinstance(node, bool):
+                numbers.append(float(node))
+        return Stat.of(numbers)
+    return value
+
+
+_CALIBRATION_COLUMNS = (
+    ("NLL", _measured("uncertainty", "nll")),
+    ("Brier", _measured("uncertainty", "brier")),
+    ("ECE", _measured("uncertainty", "ece")),
+)
+_REFERRAL_COLUMNS = (
+    ("none referred", _measured("uncertainty", "selective", "accuracy_at_100%")),
+    ("10% referred", _measured("uncertainty", "selective", "accuracy_at_90%")),
+    ("20% referred", _measured("uncertainty", "selective", "accuracy_at_80%")),
+    ("50% referred", _measured("uncertainty", "selective", "accuracy_at_50%")),
+    ("area under the curve", _measured("uncertainty", "selective", "area")),
+)
+_REGRESSION_COLUMNS = (
+    ("RMSE", _measured("uncertainty", "rmse")),
+    ("log-likelihood", _measured("uncertainty", "log_likelihood")),
+    ("95% interval coverage", _measured("uncertainty", "coverage_95")),
+)
+
+
+_OLDER_RUNS = ("these runs were measured before the lab recorded reliability bins and referral "
+               "curves; a new experiment records them")
+
+
 def _uncertainty(summary: ExperimentSummary) -> str:
     if not summary.task.uncertainty:
         return '<p class="muted">not measured: this task does not report MC uncertainty.</p>'
-    note = _not_measured_note(summary, "uncertainty")
-    rows = []
-    for run in summary.all_runs:
-        value = run.measurements.get("uncertainty")
-        if isinstance(value, dict) and "not_measured" not in value:
-            numbers = escape(json.dumps(value, indent=1))
-            rows.append(f'<tr><td class="left">{escape(run.record.key)}</td>'
-                        f'<td class="left"><pre>{numbers}</pre></td></tr>')
-    table = ("<table><tr><th>run</th><th>MC-dropout measurements</th></tr>" + "".join(rows)
-             + "</table>") if rows else ""
-    return note + table
+    parts = [_not_measured_note(summary, "uncertainty")]
+    measured = [g for g in summary.groups if any(
+        isinstance(r.measurements.get("uncertainty"), dict)
+        and "not_measured" not in r.measurements["uncertainty"] for r in g.runs)]
+    if any(g.p == 0 for g in measured):
+        parts.append('<p class="muted">p = 0 is left out: without dropout every MC pass is the '
+                     "same network, so there is no MC-dropout uncertainty to show.</p>")
+    groups = [g for g in measured if g.p > 0]
+    if not groups:
+        if not parts[0]:
+            parts.append('<p class="muted">not measured: needs finished runs with p &gt; 0.</p>')
+        return "".join(parts)
+    classification = summary.task.kind == "classification"
+    samples = summary.experiment.config.get("mc_samples")
+    passes = f"{samples} stochastic passes" if samples else "stochastic passes"
+    if classification:
+        parts.append(
+            f"<p>MC dropout (Gal &amp; Ghahramani, 2016): the test set's predictive distribution "
+            f"is the mean of {passes} with dropout on. Mean ± s.e. over seeds.</p>"
+            "<h3>Calibration</h3><p>Negative log-likelihood, Brier score and expected "
+            "calibration error (15 equal-width confidence bins): lower is better.</p>")
+        parts.append(_stat_table(groups, _CALIBRATION_COLUMNS))
+        parts.append(
+            "<h3>Referral</h3><p>Accuracy on the cases kept when the most uncertain ones "
+            "(highest predictive entropy) are referred to a human; the area is under that "
+            "curve over every fraction referred (1 is perfect).</p>")
+        parts.append(_stat_table(groups, _REFERRAL_COLUMNS))
+        parts.append("<h3>Reliability diagram</h3>")
+        parts.append(_img(
+            plots.reliability(summary), "the reliability diagram", missing=_OLDER_RUNS,
+            caption="Accuracy against mean confidence per confidence bin, seeds pooled (a marker's "
+            "area grows with its number of cases). On the diagonal, a confidence of 0.9 is "
+            "right 90% of the time; below it, the model is over-confident."))
+        parts.append("<h3>Referral curve</h3>")
+        parts.append(_img(
+            plots.referral_curves(summary), "the referral curve", missing=_OLDER_RUNS,
+            caption="Accuracy on the cases the model keeps as the most uncertain ones are "
+            "referred. A curve that rises means the uncertainty finds the errors; a flat one "
+            "means referring by uncertainty is no better than referring at random."))
+    else:
+        parts.append(
+            f"<p>MC dropout (Gal &amp; Ghahramani, 2016): mean and variance of {passes} with "
+            "dropout on plus the noise variance 1/tau. Mean ± s.e. over seeds; RMSE in the "
+            "target's units (lower is better), log-likelihood per case (higher is better), "
+            "coverage of the 95% predictive interval (0.95 is calibrated).</p>")
+        parts.append(_stat_table(groups, _REGRESSION_COLUMNS))
+    return "".join(parts)
+
+
+#: A dropkit.check sentence quoting a measured ratio ("1.76x the variance", "off by 1.58x"):
+#: the report shows the variance shift once, in its own table, so such sentences are left out.
+_MEASURED_RATIO = re.compile(r"\d+\.\d+x\b")
+
+
+def _finding_text(message: str) -> str:
+    # A sentence ends at a full stop followed by a space: "features.5" is not an end.
+    sentences = re.split(r"(?<=\.)\s+", message.strip())
+    text = " ".join(s for s in sentences if not _MEASURED_RATIO.search(s))
+    # A swept rate is quoted at full precision ("p=0.06970343976123257"): 3 digits say it.
+    return re.sub(r"\d+\.\d{4,}", lambda m: f"{float(m.group()):.3g}", text)
 
 
 def _check(summary: ExperimentSummary) -> str:
+    """dropkit.check findings, each listed once with the (variant, p) groups it was raised on."""
     note = _not_measured_note(summary, "check")
-    rows = []
-    for run in summary.all_runs:
-        findings = run.measurements.get("check")
-        if isinstance(findings, list):
+    found: dict[tuple[str, ...], dict[str, int]] = {}
+    for group in summary.groups:
+        for run in group.runs:
+            findings = run.measurements.get("check")
+            if not isinstance(findings, list):
+                continue
             for finding in findings:
-                rows.append("<tr>" + "".join(
-                    f'<td class="left">{escape(str(x))}</td>'
-                    for x in (run.record.key, finding.get("severity"), finding.get("message"),
-                              finding.get("fix"))
-                ) + "</tr>")
-    if rows:
-        note += ("<table><tr><th>run</th><th>severity</th><th>finding</th><th>fix</th></tr>"
-                 + "".join(rows) + "</table>")
-    return note
+                key = tuple(str(finding.get(k, "")) for k in ("severity", "module", "message",
+                                                              "fix"))
+                key = (key[0], key[1], _finding_text(key[2]), key[3])
+                where = found.setdefault(key, {})
+                where[f"{group.variant} p={group.p:.3g}"] = where.get(
+                    f"{group.variant} p={group.p:.3g}", 0) + 1
+    if not found:
+        return note
+    rows = []
+    for (severity, module, message, fix), where in found.items():
+        runs = ", ".join(f"{label} ({n} run{'s' if n > 1 else ''})" for label, n in where.items())
+        rows.append("<tr>" + "".join(f'<td class="left">{escape(x)}</td>'
+                                     for x in (severity, module, message, fix, runs)) + "</tr>")
+    shift = ('<p class="muted">Findings about BatchNorm quote no ratio here: the variance '
+             "shift is the table above.</p>") if batchnorm.layers(summary) else ""
+    return (note + shift + '<table><tr><th class="left">severity</th><th class="left">layer</th>'
+            '<th class="left">finding</th><th class="left">fix</th><th class="left">raised on'
+            "</th></tr>" + "".join(rows) + "</table>")
 
 
 def _data_notes(summary: ExperimentSummary) -> str:
@@ -135,24 +253,45 @@ def _data_notes(summary: ExperimentSummary) -> str:
     return "".join(f'<p class="muted">Data: {escape(n)}</p>' for n in notes)
 
 
-def _bn_library(summary: ExperimentSummary) -> str:
-    """dropkit.check.variance_shift per BatchNorm layer: mean over channels of max(r, 1/r)."""
-    rows = [
-        (run.record.key, layer["layer"], layer["library_shift"])
-        for run in summary.all_runs
-        for layer in run.measurements.get("bn_variance_shift", [])
-        if isinstance(layer.get("library_shift"), (int, float))
+def _batchnorm(summary: ExperimentSummary) -> str:
+    """The variance shift (:mod:`.batchnorm`): one definition, one table, one plot."""
+    found = batchnorm.layers(summary)
+    if not found:
+        has_bn = any(run.measurements.get("bn_variance_shift") for run in summary.all_runs)
+        reason = ("these runs recorded no dropkit.check.variance_shift" if has_bn else
+                  "this task's model has no BatchNorm layer")
+        return f'<p class="muted">not measured: {reason}.</p>'
+    columns = [
+        (f"{layer}{' (after dropout)' if after else ''}",
+         lambda g, n=layer: batchnorm.shift(g, {n}))
+        for layer, after in found
     ]
-    if not rows:
-        return ""
-    body = "".join(
-        f'<tr><td class="left">{escape(key)}</td><td class="left">{escape(name)}</td>'
-        f"<td>{shift:.3f}</td></tr>"
-        for key, name, shift in rows
-    )
-    return ("<p>dropkit.check.variance_shift: mean over channels of max(r, 1/r), r = test-time "
-            "input variance / running variance (1 = no shift).</p><table><tr><th>run</th>"
-            f"<th>BatchNorm layer</th><th>shift</th></tr>{body}</table>")
+    return (f"<p>{escape(batchnorm.DEFINITION[0].upper() + batchnorm.DEFINITION[1:])}. "
+            "Mean ± s.e. over seeds, per BatchNorm layer.</p>"
+            + _stat_table(summary.groups, columns)
+            + _img(plots.bn_shift(summary), "the BatchNorm variance shift"))
+
+
+def _section(anchor: str, title: str, content: str) -> str:
+    return f'<section id="{anchor}"><h2>{escape(title)}</h2>{content}</section>'
+
+
+def _learning_curves(summary: ExperimentSummary) -> str:
+    if plots.longest_run(summary) < 2:
+        return ('<p class="muted">Every run trained for one epoch, so there is no curve to '
+                "draw: each run's one train and test value is in the comparison table.</p>")
+    return _img(plots.learning_curves(summary), "learning curves",
+                "Train (blue) and test (red) per epoch, mean over seeds with ±1 s.e. bands; "
+                "the metric above, the loss below each panel.")
+
+
+def _co_adaptation(summary: ExperimentSummary) -> str:
+    note = _not_measured_note(summary, "co_adaptation")
+    if note:
+        return note
+    return _img(plots.co_adaptation(summary), "co-adaptation",
+                "dropkit.analysis on the last hidden layer's activations over the test set; "
+                "mean ± s.e. over seeds, one colour per variant.")
 
 
 def render_report(summary: ExperimentSummary, sections: str = "") -> str:
@@ -161,28 +300,27 @@ def render_report(summary: ExperimentSummary, sections: str = "") -> str:
     if not summary.groups:
         body = '<p class="muted">No finished runs yet.</p>'
     else:
-        body = f"""
-<h2>Comparison</h2>{_table(summary)}
-<p class="muted">gap = train - test {escape(summary.metric)} (test - train for RMSE), both
-evaluated in eval mode at the last epoch. Epochs to target: first epoch whose test
-{escape(summary.metric)} reaches {escape(_fmt(summary.target))}, a level every rate's mean
-curve reaches.</p>
-<h2>Claims</h2>{_claims(summary)}
-<h2>Learning curves</h2>{_img(plots.learning_curves(summary), "learning curves")}
-<h2>Test metric and generalisation gap vs p</h2>{_img(plots.metric_vs_p(summary), "metric vs p")}
-<h2>Robustness to unit ablation</h2>{_img(plots.ablation_curves(summary), "ablation curves")}
-<h2>Co-adaptation</h2>{_not_measured_note(summary, "co_adaptation")}
-{_img(plots.co_adaptation(summary), "co-adaptation") if not
- _not_measured_note(summary, "co_adaptation") else ""}
-<h2>MC averaging vs weight scaling</h2>
-{_img(plots.mc_vs_weight_scaling(summary), "MC averaging vs weight scaling")}
-<h2>Time per epoch and convergence</h2>
-{_img(plots.time_and_convergence(summary), "time and convergence")}
-<h2>BatchNorm variance shift</h2>{_img(plots.bn_shift(summary), "BatchNorm layers")}
-{_bn_library(summary)}
-<h3>dropkit.check findings</h3>{_check(summary)}
-<h2>MC-dropout uncertainty</h2>{_uncertainty(summary)}
-"""
+        metric = escape(summary.metric.replace("_", " "))
+        body = "\n".join(_section(*part) for part in (
+            ("comparison", "Comparison", _table(summary) + f"""
+<p class="muted">gap = {escape(gap_definition(summary.task))}, both evaluated in eval mode at the
+last epoch (positive: better on the training data). Epochs to target: first epoch whose test
+{metric} reaches {escape(_fmt(summary.target))}, a level every rate's mean curve reaches.</p>"""),
+            ("claims", "Claims", _claims(summary)),
+            ("learning-curves", "Learning curves", _learning_curves(summary)),
+            ("metric-vs-p", "Test metric and generalisation gap vs p",
+             _img(plots.metric_vs_p(summary), "metric vs p")),
+            ("ablation", "Robustness to unit ablation",
+             _img(plots.ablation_curves(summary), "ablation curves")),
+            ("co-adaptation", "Co-adaptation", _co_adaptation(summary)),
+            ("mc-vs-weight-scaling", "MC averaging vs weight scaling",
+             _img(plots.mc_vs_weight_scaling(summary), "MC averaging vs weight scaling")),
+            ("time", "Time per epoch and convergence",
+             _img(plots.time_and_convergence(summary), "time and convergence")),
+            ("batchnorm", "BatchNorm variance shift", _batchnorm(summary)
+             + "<h3>dropkit.check findings</h3>" + _check(summary)),
+            ("uncertainty", "MC-dropout uncertainty", _uncertainty(summary)),
+        ))
     notes = "".join(f'<p class="muted">{escape(n)}</p>' for n in summary.notes)
     generated = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!DOCTYPE html>

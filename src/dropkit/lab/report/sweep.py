@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Optional
 
+from dropkit.lab.report import plots
 from dropkit.lab.store import ExperimentRecord, RunStore
 
 __all__ = ["load_snapshot", "parameter_importance", "sweep_section"]
@@ -87,13 +88,13 @@ def best_per_variant(snapshot: dict) -> list[dict]:
     return [{"variant": name, **row} for name, row in sorted(rows.items())]
 
 
-def _plot(snapshot: dict) -> Optional[str]:
-    from dropkit.lab.report.plots import _png, plt
-
+@plots._styled
+def _plot(snapshot: dict) -> Optional[plots.Plot]:
+    """Every finished trial's value against p, a colour per variant (pruned: open markers)."""
     finished = [t for t in snapshot["trials"] if t["state"] in _FINISHED and "p" in t["params"]]
     if not finished:
         return None
-    figure, axis = plt.subplots(figsize=(6.4, 3.8))
+    figure, ((axis,),) = plots._grid(1, (620, 360))
     variants = sorted({t["params"]["variant"] for t in finished})
     for index, variant in enumerate(variants):
         colour = f"C{index}"
@@ -105,9 +106,9 @@ def _plot(snapshot: dict) -> Optional[str]:
                              facecolors=face, edgecolors=colour,
                              label=f"{variant} ({state.lower()})")
     axis.set_xlabel("dropout rate p")
-    axis.set_ylabel(snapshot["metric"] + " (pruned: at the pruning epoch)")
-    axis.legend(fontsize=8)
-    return _png(figure)
+    axis.set_ylabel(snapshot["metric"].replace("_", " ") + "\n(pruned: at the pruning epoch)")
+    axis.legend()
+    return plots._plot(figure, "sweep: metric vs p")
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -120,13 +121,14 @@ def sweep_section(store: RunStore, experiment: ExperimentRecord) -> str:
         return ""
     snapshot = load_snapshot(store, experiment)
     if snapshot is None:
-        return '<h2>Sweep</h2><p class="muted">not measured: no trial has finished yet.</p>'
+        return ('<section id="sweep"><h2>Sweep</h2><p class="muted">not measured: no trial has '
+                "finished yet.</p></section>")
     counts: dict[str, int] = {}
     for trial in snapshot["trials"]:
         counts[trial["state"]] = counts.get(trial["state"], 0) + 1
     state_text = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     parts = [
-        "<h2>Sweep</h2>",
+        '<section id="sweep"><h2>Sweep</h2>',
         f"<p>Optuna study <b>{escape(snapshot['study'])}</b> in "
         f"<code>{escape(snapshot['storage'])}</code>: TPE sampler, median pruning; "
         f"{escape(snapshot['direction'])} {escape(snapshot['metric'])}, budget "
@@ -158,7 +160,7 @@ def sweep_section(store: RunStore, experiment: ExperimentRecord) -> str:
         parts.append("</table>")
     plot = _plot(snapshot)
     if plot is not None:
-        parts.append(f'<img alt="sweep: metric vs p" src="data:image/png;base64,{plot}">')
+        parts.append(plots.figure_html(plot))
     parts.append("<h3>Trials</h3><table><tr><th>trial</th><th class=\"left\">state</th>"
                  "<th class=\"left\">variant</th><th>p</th><th>value</th><th>epochs</th>"
                  "<th class=\"left\">worker</th><th class=\"left\">run</th></tr>")
@@ -173,5 +175,5 @@ def sweep_section(store: RunStore, experiment: ExperimentRecord) -> str:
             f'<td class="left">{escape(str(attrs.get("run_key", attrs.get("surplus", "-"))))}'
             "</td></tr>"
         )
-    parts.append("</table>")
+    parts.append("</table></section>")
     return "\n".join(parts)

@@ -6,13 +6,34 @@ from rich.markup import escape
 from rich.table import Table
 
 from dropkit.lab.summary import ExperimentSummary, Stat
+from dropkit.lab.tasks import Task
+
+__all__ = ["comparison_table", "format_stat", "gap_definition"]
 
 
-def _cell(stat: Stat | None, digits: int = 4) -> str:
+def gap_definition(task: Task) -> str:
+    """How the generalisation gap is computed for ``task``: positive = better on training data.
+
+    Matches :func:`dropkit.lab.summary._gap` (train - test when higher is better,
+    test - train for RMSE, perplexity and bits per character).
+    """
+    metric = task.metric.replace("_", " ")
+    return f"train - test {metric}" if task.higher_is_better else f"test - train {metric}"
+
+
+def format_stat(stat: Stat | None, digits: int = 4) -> str:
+    """``mean ± s.e.`` with ``digits`` decimals (``-`` when unmeasured): how tables print a Stat.
+
+    The BatchNorm table uses ``digits=3``; a claim quoting the same quantity
+    formats it the same way, so the reader sees one number, not two roundings.
+    """
     if stat is None:
         return "-"
     text = f"{stat.mean:.{digits}f}"
     return text if stat.sem is None else f"{text} ± {stat.sem:.{digits}f}"
+
+
+_cell = format_stat
 
 
 def comparison_table(summary: ExperimentSummary) -> Table:
@@ -21,7 +42,7 @@ def comparison_table(summary: ExperimentSummary) -> Table:
     target = "-" if summary.target is None else f"{summary.target:.4f}"
     table = Table(
         title=f"{escape(summary.experiment.name)} ({summary.task.name}; mean ± s.e. over seeds)",
-        caption=f"gap = train - test {metric} (test - train for rmse); target {metric} = {target}"
+        caption=f"gap = {gap_definition(summary.task)}; target {metric} = {target}"
         " (a run that never reaches it counts as its epochs + 1)",
     )
     for column in ("variant", "p", "seeds", f"train {metric}", f"test {metric}", "gap",
