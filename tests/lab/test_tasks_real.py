@@ -23,7 +23,7 @@ from dropkit.lab.tasks.language import windows
 from dropkit.lab.train import RunConfig, train_run
 from tests.conftest import require_shared
 from tests.lab.datasets.test_datasets_fsdd import make_fsdd
-from tests.lab.datasets.test_datasets_idx import make_mnist_dir
+from tests.lab.datasets.test_datasets_idx import make_mnist_dir, publish_fixture_md5
 
 runner = CliRunner()
 
@@ -38,9 +38,9 @@ def _isolated_data_env(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def fixtures(tmp_path_factory):
-    """One data folder holding tiny MNIST (uncompressed: no published MD5 to match), PTB
-    without its training file, tiny-shakespeare and FSDD tones."""
+def fixture_root(tmp_path_factory):
+    """One data folder holding tiny MNIST (uncompressed), PTB without its training file,
+    tiny-shakespeare and FSDD tones."""
     root = tmp_path_factory.mktemp("data")
     make_mnist_dir(root / "mnist", n_train=40, n_test=30, gz=False)
     (root / "ptb").mkdir()
@@ -50,6 +50,13 @@ def fixtures(tmp_path_factory):
     (root / "tinyshakespeare" / "input.txt").write_text("First Citizen:\nSpeak, speak.\n" * 200)
     make_fsdd(root / "fsdd" / "recordings", speakers=("alice",), takes=range(6))
     return root
+
+
+@pytest.fixture
+def fixtures(fixture_root, monkeypatch):
+    """:func:`fixture_root`, with its MNIST files made the "published" ones for this test."""
+    publish_fixture_md5(monkeypatch, fixture_root / "mnist")
+    return fixture_root
 
 
 def _one_epoch(task_name: str, data_dir, p: float = 0.3, variant: str = "standard"):

@@ -85,10 +85,15 @@ class _ImageTask(Task):
 
     def data_status(self, data_dir: Optional[Path]) -> DataStatus:
         present, message = dataset_status(self.dataset, data_dir)
-        hint = "" if present else (
-            "To download once into the cache: python -c \"from "
-            f"dropkit.lab.datasets import load_train_test; load_train_test('{self.dataset}')\""
-        )
+        if present:
+            hint = ""
+        elif "damaged" in message:
+            hint = "Replace the damaged file named above with the original."
+        else:
+            hint = (
+                "To download once into the cache: python -c \"from dropkit.lab.datasets "
+                f"import load_train_test; load_train_test('{self.dataset}')\""
+            )
         return DataStatus(present, message, hint)
 
     def load(self, data_dir: Optional[Path], seed: int = 0) -> TaskData:
