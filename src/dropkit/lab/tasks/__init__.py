@@ -49,11 +49,15 @@ class MissingDataError(LabError, FileNotFoundError):
 
 @dataclass(frozen=True)
 class DataStatus:
-    """Whether a task's data is present, where it was looked for, and how to get it."""
+    """Whether a task's data is present, where it was looked for, and how to get it.
+
+    ``damaged``: the files are there but fail their checks (``location`` quotes why).
+    """
 
     present: bool
     location: str
     hint: str = ""
+    damaged: bool = False
 
 
 @dataclass
