@@ -305,3 +305,109 @@ def test_sweep_no_progress_prints_no_trial_lines(tmp_path):
     assert "] trial 0:" not in quiet.output and "2 complete" in quiet.output
     # The flag only silences the per-trial lines; help documents it.
     assert "--no-progress" in _lab("sweep", "--help").output
+
+
+# --------------------------------------------------------------------------- issue 12, defect 2
+
+
+def _flip_middle_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path, keep):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _damaged_data(kind, root, monkeypatch):
+    """Write a small data folder for ``kind``, damage one file; return (task, file, message)."""
+    from tests.lab.datasets.test_datasets_fsdd import make_fsdd
+    from tests.lab.datasets.test_datasets_idx import make_mnist_dir, publish_fixture_md5
+    from tests.test_uci import _write_dataset
+
+    if kind in ("gz-flipped", "gz-truncated", "idx-truncated"):
+        folder = root / "mnist"
+        make_mnist_dir(folder, gz=kind != "idx-truncated")
+        publish_fixture_md5(monkeypatch, folder)  # the files are sound until damaged below
+        stem = "train-images-idx3-ubyte"
+        if kind == "gz-flipped":
+            path = folder / f"{stem}.gz"
+            _flip_middle_byte(path)
+            return "mnist-mlp", path, "is a damaged gzip file"
+        if kind == "gz-truncated":
+            path = folder / f"{stem}.gz"
+            _truncate(path, 5000)
+            return "mnist-mlp", path, "is a damaged gzip file (5000 bytes)"
+        path = folder / stem
+        _truncate(path, 20000)
+        return "mnist-cnn", path, "needs 31376 bytes including the header, the file has 20000"
+    if kind == "uci-row":
+        folder = _write_dataset(root / "uci", name="yacht")
+        path = folder / "data.txt"
+        lines = path.read_text().splitlines()
+        lines[2] = lines[2].replace(lines[2].split()[1], "n/a", 1)
+        path.write_text("\n".join(lines) + "\n")
+        return "uci-yacht", path, "could not convert string 'n/a' to float64 at row 2"
+    if kind == "wav-truncated":
+        folder = make_fsdd(root / "fsdd" / "recordings", speakers=("alice",), takes=range(6))
+        path = folder / "3_alice_5.wav"
+        _truncate(path, 1000)
+        return "fsdd", path, "is truncated: header says"
+    path = root / "tinyshakespeare" / "input.txt"
+    path.parent.mkdir(parents=True)
+    path.write_text("First Citizen:\nSpeak, speak.\n" * 200)
+    _flip_middle_byte(path)
+    return "shakespeare", path, "is not UTF-8 text: byte 2900 of 5800"
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["gz-flipped", "gz-truncated", "idx-truncated", "uci-row", "wav-truncated", "text-corrupted"],
+)
+def test_damaged_data_file_exits_2_naming_it_and_records_nothing(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DROPKIT_DATA", raising=False)
+    task, path, message = _damaged_data(kind, tmp_path / "data", monkeypatch)
+    store = tmp_path / "store" / "new.sqlite"
+    result = _lab("run", task, "--data-dir", tmp_path / "data", "--store", store, "--epochs", 1,
+                  "--no-progress")
+    output = "".join(result.output.split("\n"))
+    assert result.exit_code == 2, result.output
+    assert str(path) in output and message in output, result.output
+    assert "Traceback" not in output
+    assert not store.parent.exists()  # no store, so no experiment and no pending runs
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_eta_appears_after_the_first_epoch_and_measuring_is_shown(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from dropkit.lab import progress as progress_module
+
+    clock = iter(float(t) for t in range(0, 10_000, 40))  # every reading 40 s later
+    console = Console(file=io.StringIO(), force_terminal=True, width=200)
+    with progress_module.RunProgress("exp", console=console) as bars:
+        monkeypatch.setattr(bars._progress, "get_time", lambda: next(clock))
+        bars.start(remaining_epochs=6)
+        bars.run_started("standard/p=0/seed=0", epochs=3)
+        assert bars.eta_seconds is None  # nothing measured yet
+        bars.epoch_done(1)
+        # Epochs of 40 s are longer than rich's default 30 s speed window, which made the
+        # ETA vanish; here it is estimated from the whole run so far.
+        first = bars.eta_seconds
+        assert first is not None and first > 0
+        bars.epoch_done(2)
+        bars.epoch_done(3)
+        bars.measuring()
+        described = [t.description for t in bars._progress.tasks]
+        assert any(progress_module.MEASURING in d for d in described)
+        bars.run_finished()
+        bars.run_started("standard/p=0.5/seed=0", epochs=3, done=1)  # resumed after 1 epoch
+        bars.epoch_done(2)
+        overall = bars._progress.tasks[0]
+        assert overall.completed == 4 and bars.eta_seconds is not None

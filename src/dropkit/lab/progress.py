@@ -5,9 +5,11 @@ first epoch instead of after the first whole run; a second bar follows the curre
 run, and turns into a "measuring" line (with a spinner and the time spent) while the
 post-training measurements run, which can take as long as an epoch or two.
 
-rich estimates speed over the last ``speed_estimate_period`` seconds (30 by default):
-with epochs longer than that the window holds one sample and the ETA vanishes. The
-window here spans the whole experiment, so the ETA is total elapsed / epochs done.
+rich's own ETA column estimates speed between the first and last update inside a
+30-second window: with epochs (or runs) longer than that the window holds one update
+and the ETA stays blank. The ETA here is elapsed time per epoch done, times the
+epochs left, so it appears after the first epoch; the elapsed time includes the
+measurements, which spreads their cost over the epochs.
 
 Example::
 
@@ -29,20 +31,38 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
+from rich.text import Text
 
 __all__ = ["MEASURING", "RunProgress"]
 
 #: What the run's line says while it is measured after training.
 MEASURING = "measuring (MC dropout, ablation, co-adaptation, BatchNorm shift)"
 
-# A week: longer than any experiment, so the speed estimate uses every epoch so far.
-_SPEED_WINDOW_S = 7 * 24 * 3600.0
+
+
+def _eta(task: Task) -> Optional[float]:
+    if not task.completed or task.elapsed is None or task.total is None:
+        return None
+    return task.elapsed / task.completed * max(task.total - task.completed, 0)
+
+
+class _EtaColumn(ProgressColumn):
+    """``ETA h:mm:ss`` from the mean time per completed step since the bar began."""
+
+    def render(self, task: Task) -> Text:
+        eta = _eta(task)
+        if eta is None:
+            return Text("ETA -:--:--", style="progress.remaining")
+        minutes, seconds = divmod(int(round(eta)), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"ETA {hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
 
 
 class RunProgress:
@@ -56,11 +76,9 @@ class RunProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            _EtaColumn(),
             console=console,
             disable=not show,
-            speed_estimate_period=_SPEED_WINDOW_S,
         )
         self._overall: Optional[TaskID] = None
         self._run: Optional[TaskID] = None
@@ -111,5 +129,4 @@ class RunProgress:
         """Seconds left by the overall bar's estimate (None before the first epoch)."""
         if self._overall is None:
             return None
-        task = next(t for t in self._progress.tasks if t.id == self._overall)
-        return task.time_remaining
+        return _eta(next(t for t in self._progress.tasks if t.id == self._overall))
