@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
