@@ -96,16 +96,16 @@ def _check_output_file(path: Optional[Path], option: str) -> None:
               f"{str(path / 'report.html')!r}")
 
 
-def _check_data(experiment_config) -> None:
-    """Load the task's data once, before the store is opened: a missing, truncated or
-    corrupted file exits 2 naming it, and nothing is recorded."""
+def _check_data(experiment_config):
+    """Load the task's data before the store is opened: a missing, truncated or corrupted
+    file exits 2 naming it, and nothing is recorded. Returns the loaded ``TaskData``."""
     from dropkit.lab.errors import LabError
     from dropkit.lab.tasks import get_task
 
     task = get_task(experiment_config.task)
     data_dir = experiment_config.data_dir
     try:
-        task.load(None if data_dir is None else Path(data_dir))
+        return task.load(None if data_dir is None else Path(data_dir))
     except LabError as error:
         _fail(f"task {task.name!r}: {error}")
 
