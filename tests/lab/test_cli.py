@@ -1,4 +1,6 @@
 import csv
+import os
+import stat
 import subprocess
 import sys
 
@@ -69,7 +71,7 @@ def test_toml_config_with_flag_override(tmp_path):
     [
         (["run", "imagenet"], None, "unknown task 'imagenet'; expected one of"),
         (["run", "digits", "--rates", "0,1.5"], None, "between 0 and 1, but got 1.5"),
-        (["run", "digits", "--rates", "0,half"], None, "comma-separated floats"),
+        (["run", "digits", "--rates", "0,half"], None, "comma-separated numbers like 0,0.2,0.5"),
         (["run", "digits", "--epochs", "0"], None, "epochs has to be an integer >= 1, but got 0"),
         (["run", "digits", "--variants", "shake"], None, "unknown dropout variant 'shake'"),
         (["run", "digits", "--data-dir", "/no/such/dir"], None, "'/no/such/dir' does not exist"),
@@ -207,3 +209,205 @@ def test_uci_command_rejects_bad_input_before_training(tmp_path):
     assert not (tmp_path / "out" / "results.jsonl").exists()  # toy did not start either
     result = _lab("uci", "--out", tmp_path / "out", "--samples", "0")
     assert result.exit_code == 2 and "samples must be an int >= 1, but got 0" in result.output
+
+
+# --------------------------------------------------------------------------- issue 12, defect 7
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "absent"),
+    [
+        (["--seeds", "abc"], "--seeds has to be comma-separated integers like 0,1,2", "0,0.2"),
+        (["--seeds", "0,1.5"], "'1.5' is not an integer", None),
+        (["--rates", "0,x"], "comma-separated numbers like 0,0.2,0.5", None),
+        (["--rates", "0,,0.5"], "'0,,0.5' has an empty entry (position 2 of 3)", None),
+        (["--rates", "0,0.5,"], "has an empty entry (position 3 of 3)", None),
+        (["--rates", "0,0.5,.5"], "'0,0.5,.5' repeats .5; give each value once", None),
+        (["--seeds", "0,1,1"], "repeats 1", None),
+        (["--variants", "standard,standard"], "repeats standard", None),
+        (["--name", "x" * 5000], "at most 100 characters, but got 5000", None),
+    ],
+)
+def test_list_and_name_options_are_refused_naming_the_problem(tmp_path, args, message, absent):
+    store = tmp_path / "store" / "s.sqlite"
+    result = _lab("run", "digits", *args, "--store", store)
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert message in output and "Traceback" not in output
+    assert absent is None or absent not in output
+    assert not store.parent.exists()
+
+
+def test_report_to_a_folder_is_refused_before_anything_runs(tiny_store, tmp_path):
+    path, name = tiny_store
+    result = _lab("report", name, "--store", path, "-o", tmp_path)
+    assert result.exit_code == 2
+    assert "is a folder; give a file path" in " ".join(result.output.split())
+    store = tmp_path / "store" / "s.sqlite"
+    result = _lab("run", "digits", "--store", store, "--report", tmp_path)
+    assert result.exit_code == 2 and not store.parent.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_report_file_mode_follows_the_umask(tiny_store, tmp_path, umask):
+    path, name = tiny_store
+    previous = os.umask(umask)
+    try:
+        result = _lab("report", name, "--store", path, "-o", tmp_path / "r.html")
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE((tmp_path / "r.html").stat().st_mode) == 0o666 & ~umask
+
+
+def test_exporting_tensorboard_twice_does_not_duplicate_points(tiny_store, tmp_path):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="tensorboard is not installed (it comes with the dev extra)",
+    )
+    path, name = tiny_store
+    folder = tmp_path / "tb"
+    for _ in range(2):
+        result = _lab("export", name, "--store", path, "-o", tmp_path / "m.csv",
+                      "--tensorboard", folder)
+        assert result.exit_code == 0, result.output
+    epochs = {r["run"] for r in csv.DictReader((tmp_path / "m.csv").open())}
+    for run in (p for p in folder.iterdir() if p.is_dir()):
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1
+        events = event_accumulator.EventAccumulator(str(run))
+        events.Reload()
+        steps = [e.step for e in events.Scalars("test_loss")]
+        assert steps == sorted(set(steps)) and len(steps) == 3  # TINY trains 3 epochs
+    assert len(epochs) == len(list(folder.iterdir()))
+
+
+def test_ctrl_c_exits_130_and_says_rerunning_resumes(tmp_path, monkeypatch):
+    import dropkit.lab.sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dropkit.lab.sweep, "run_experiment", interrupted)
+    store = tmp_path / "s.sqlite"
+    result = _lab("run", "digits", "--epochs", 1, "--store", store, "--no-progress")
+    assert result.exit_code == 130
+    output = " ".join(result.output.split())
+    assert f"interrupted: the store {store} keeps every finished run" in output
+    assert "rerun the same command to resume" in output
+
+
+def test_sweep_no_progress_prints_no_trial_lines(tmp_path):
+    store = tmp_path / "s.sqlite"
+    args = ("sweep", "breast-cancer", "--trials", 2, "--epochs", 1, "--mc-samples", 2,
+            "--variants", "standard", "--store", store)
+    quiet = _lab(*args, "--no-progress")
+    assert quiet.exit_code == 0, quiet.output
+    assert "] trial 0:" not in quiet.output and "2 complete" in quiet.output
+    # The flag only silences the per-trial lines; help documents it.
+    assert "--no-progress" in _lab("sweep", "--help").output
+
+
+# --------------------------------------------------------------------------- issue 12, defect 2
+
+
+def _flip_middle_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path, keep):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _damaged_data(kind, root, monkeypatch):
+    """Write a small data folder for ``kind``, damage one file; return (task, file, message)."""
+    from tests.lab.datasets.test_datasets_fsdd import make_fsdd
+    from tests.lab.datasets.test_datasets_idx import make_mnist_dir, publish_fixture_md5
+    from tests.test_uci import _write_dataset
+
+    if kind in ("gz-flipped", "gz-truncated", "idx-truncated"):
+        folder = root / "mnist"
+        make_mnist_dir(folder, gz=kind != "idx-truncated")
+        publish_fixture_md5(monkeypatch, folder)  # the files are sound until damaged below
+        stem = "train-images-idx3-ubyte"
+        if kind == "gz-flipped":
+            path = folder / f"{stem}.gz"
+            _flip_middle_byte(path)
+            return "mnist-mlp", path, "is a damaged gzip file"
+        if kind == "gz-truncated":
+            path = folder / f"{stem}.gz"
+            _truncate(path, 5000)
+            return "mnist-mlp", path, "is a damaged gzip file (5000 bytes)"
+        path = folder / stem
+        _truncate(path, 20000)
+        return "mnist-cnn", path, "needs 31376 bytes including the header, the file has 20000"
+    if kind == "uci-row":
+        folder = _write_dataset(root / "uci", name="yacht")
+        path = folder / "data.txt"
+        lines = path.read_text().splitlines()
+        lines[2] = lines[2].replace(lines[2].split()[1], "n/a", 1)
+        path.write_text("\n".join(lines) + "\n")
+        return "uci-yacht", path, "could not convert string 'n/a' to float64 at row 2"
+    if kind == "wav-truncated":
+        folder = make_fsdd(root / "fsdd" / "recordings", speakers=("alice",), takes=range(6))
+        path = folder / "3_alice_5.wav"
+        _truncate(path, 1000)
+        return "fsdd", path, "is truncated: header says"
+    path = root / "tinyshakespeare" / "input.txt"
+    path.parent.mkdir(parents=True)
+    path.write_text("First Citizen:\nSpeak, speak.\n" * 200)
+    _flip_middle_byte(path)
+    return "shakespeare", path, "is not UTF-8 text: byte 2900 of 5800"
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["gz-flipped", "gz-truncated", "idx-truncated", "uci-row", "wav-truncated", "text-corrupted"],
+)
+def test_damaged_data_file_exits_2_naming_it_and_records_nothing(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DROPKIT_DATA", raising=False)
+    task, path, message = _damaged_data(kind, tmp_path / "data", monkeypatch)
+    store = tmp_path / "store" / "new.sqlite"
+    result = _lab("run", task, "--data-dir", tmp_path / "data", "--store", store, "--epochs", 1,
+                  "--no-progress")
+    output = "".join(result.output.split("\n"))
+    assert result.exit_code == 2, result.output
+    assert str(path) in output and message in output, result.output
+    assert "Traceback" not in output
+    assert not store.parent.exists()  # no store, so no experiment and no pending runs
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_eta_appears_after_the_first_epoch_and_measuring_is_shown(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from dropkit.lab import progress as progress_module
+
+    clock = iter(float(t) for t in range(0, 10_000, 40))  # every reading 40 s later
+    console = Console(file=io.StringIO(), force_terminal=True, width=200)
+    with progress_module.RunProgress("exp", console=console) as bars:
+        monkeypatch.setattr(bars._progress, "get_time", lambda: next(clock))
+        bars.start(remaining_epochs=6)
+        bars.run_started("standard/p=0/seed=0", epochs=3)
+        assert bars.eta_seconds is None  # nothing measured yet
+        bars.epoch_done(1)
+        # Epochs of 40 s are longer than rich's default 30 s speed window, which made the
+        # ETA vanish; here it is estimated from the whole run so far.
+        first = bars.eta_seconds
+        assert first is not None and first > 0
+        bars.epoch_done(2)
+        bars.epoch_done(3)
+        bars.measuring()
+        described = [t.description for t in bars._progress.tasks]
+        assert any(progress_module.MEASURING in d for d in described)
+        bars.run_finished()
+        bars.run_started("standard/p=0.5/seed=0", epochs=3, done=1)  # resumed after 1 epoch
+        bars.epoch_done(2)
+        overall = bars._progress.tasks[0]
+        assert overall.completed == 4 and bars.eta_seconds is not None

@@ -1,12 +1,16 @@
 """``dropkit lab ...``: parse the command line and delegate; no logic of its own.
 
 Exit codes: 0 success, 2 bad input (unknown task or experiment, bad rate,
-missing data, malformed TOML, conflicting config) with nothing written.
+missing or damaged data, malformed TOML, conflicting config) with nothing
+written, 130 interrupted (Ctrl-C; rerunning the command resumes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -38,15 +42,92 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-def _numbers(text: Optional[str], name: str, kind: type) -> Optional[list]:
+#: Longest accepted experiment (and study) name: it heads reports, tables and file names.
+MAX_NAME_LENGTH = 100
+
+_EXAMPLES = {float: "0,0.2,0.5", int: "0,1,2", str: "standard,gaussian"}
+_KIND_NAMES = {float: "numbers", int: "integers", str: "names"}
+
+
+def _list_option(text: Optional[str], name: str, kind: type) -> Optional[list]:
+    """``--NAME a,b,c`` as a list of ``kind``; empty entries and repeats are refused, naming them.
+
+    A repeat would silently collapse into one grid point, and an empty entry is
+    usually a typo for a missing value, so both are errors rather than guesses.
+    """
     if text is None:
         return None
+    expected = f"comma-separated {_KIND_NAMES[kind]} like {_EXAMPLES[kind]}"
+    parts = [part.strip() for part in text.split(",")]
+    empty = [i for i, part in enumerate(parts, start=1) if not part]
+    if empty:
+        _fail(f"--{name} {text!r} has an empty entry (position {empty[0]} of {len(parts)}); "
+              f"expected {expected}")
     try:
-        return [kind(part) for part in text.split(",") if part.strip()]
+        values = [kind(part) for part in parts]
     except ValueError:
-        _fail(
-            f"--{name} has to be comma-separated {kind.__name__}s like 0,0.2,0.5, but got {text!r}"
+        bad = next(p for p in parts if not _parses(kind, p))
+        _fail(f"--{name} has to be {expected}, but got {text!r} ({bad!r} is not "
+              f"{'an integer' if kind is int else 'a number'})")
+    repeated = sorted({parts[i] for i, v in enumerate(values) if values.index(v) != i})
+    if repeated:
+        _fail(f"--{name} {text!r} repeats {', '.join(repeated)}; give each value once")
+    return values
+
+
+def _parses(kind: type, text: str) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_name(name: str, option: str) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        _fail(f"{option} has to be at most {MAX_NAME_LENGTH} characters, but got "
+              f"{len(name)} ({name[:40]!r}...)")
+
+
+def _check_output_file(path: Optional[Path], option: str) -> None:
+    """Refuse an output path that is a folder before anything runs or is recorded."""
+    if path is not None and path.is_dir():
+        _fail(f"{option} {str(path)!r} is a folder; give a file path, e.g. "
+              f"{str(path / 'report.html')!r}")
+
+
+def _check_data(experiment_config):
+    """Load the task's data before the store is opened: a missing, truncated or corrupted
+    file exits 2 naming it, and nothing is recorded. Returns the loaded ``TaskData``."""
+    from dropkit.lab.errors import LabError
+    from dropkit.lab.tasks import get_task
+
+    task = get_task(experiment_config.task)
+    data_dir = experiment_config.data_dir
+    try:
+        return task.load(None if data_dir is None else Path(data_dir))
+    except LabError as error:
+        _fail(f"task {task.name!r}: {error}")
+
+
+@contextlib.contextmanager
+def _interruptible(path: Path) -> Iterator[None]:
+    """Ctrl-C exits 130 (the shell's code for SIGINT) and says that rerunning resumes."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _errors.print(
+            f"\ninterrupted: the store {escape(str(path))} keeps every finished run and every "
+            f"completed epoch; rerun the same command to resume where it stopped",
+            highlight=False, soft_wrap=True,
         )
+        raise typer.Exit(code=130) from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _store_path(store: Optional[Path]) -> Path:
@@ -75,7 +156,14 @@ def _experiment(handle, name: str):
 def _write_report(handle, experiment, output: Path) -> None:
     from dropkit.lab.report.html import write_report
 
-    path = write_report(handle, experiment, output)
+    _check_output_file(output, "--output")
+    try:
+        path = write_report(handle, experiment, output)
+        # The report is written to a private temporary file and renamed: give it the mode
+        # any other file the user creates gets (0666 less the umask), not mkstemp's 0600.
+        os.chmod(path, 0o666 & ~_umask())
+    except OSError as error:
+        _fail(f"cannot write the report to {str(output)!r}: {error.strerror or error}")
     _console.print(f"report written to {path.resolve()}", highlight=False)
 
 
@@ -118,6 +206,7 @@ def run(
     """Train a grid of variants x rates x seeds on one task, then print the comparison table."""
     from dropkit.lab.config import ConfigError, build_config
     from dropkit.lab.ddp import launched_by_torchrun, run_experiment_ddp
+    from dropkit.lab.errors import LabError
     from dropkit.lab.report.table import comparison_table
     from dropkit.lab.store import ConfigConflictError, open_store
     from dropkit.lab.summary import summarise
@@ -125,43 +214,47 @@ def run(
 
     try:
         experiment_config = build_config(
-            task, config, name=name, rates=_numbers(rates, "rates", float),
-            seeds=_numbers(seeds, "seeds", int),
-            variants=None if variants is None else [v.strip() for v in variants.split(",")],
+            task, config, name=name, rates=_list_option(rates, "rates", float),
+            seeds=_list_option(seeds, "seeds", int),
+            variants=_list_option(variants, "variants", str),
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             threads=threads, mc_samples=mc_samples,
             data_dir=None if data_dir is None else str(data_dir),
         )
     except ConfigError as error:
         _fail(str(error))
+    _check_name(experiment_config.name, "experiment name (--name)")
+    _check_output_file(report, "--report")
     path = _store_path(store)
     data_parallel = ddp is not None or launched_by_torchrun()
-    if data_parallel:
-        try:
-            result = run_experiment_ddp(path, experiment_config, ddp)
-        except (ConfigError, ConfigConflictError) as error:
-            _fail(str(error))
-        if result is None:
-            return  # a torchrun rank other than 0: rank 0 reports
-    with open_store(path) as handle:
-        existing = handle.get_experiment(experiment_config.name)
-        if existing is not None and existing.task != experiment_config.task:
-            _fail(f"experiment {experiment_config.name!r} exists for task {existing.task!r}, "
-                  f"not {experiment_config.task!r}; choose another --name")
-        try:
-            if not data_parallel:
-                result = run_experiment(handle, experiment_config, show_progress=progress)
-        except ConfigConflictError as error:
-            _fail(str(error))
-        _console.print(
-            f"store {path}: trained {len(result.trained)}, resumed {len(result.resumed)}, "
-            f"already finished {len(result.skipped)} run(s) in {result.seconds:.1f} s",
-            highlight=False,
-        )
-        experiment = handle.get_experiment(experiment_config.name)
-        _console.print(comparison_table(summarise(handle, experiment)))
-        if report is not None:
-            _write_report(handle, experiment, report)
+    with _interruptible(path):
+        _check_data(experiment_config)
+        if data_parallel:
+            try:
+                result = run_experiment_ddp(path, experiment_config, ddp)
+            except (ConfigError, ConfigConflictError, LabError) as error:
+                _fail(str(error))
+            if result is None:
+                return  # a torchrun rank other than 0: rank 0 reports
+        with open_store(path) as handle:
+            existing = handle.get_experiment(experiment_config.name)
+            if existing is not None and existing.task != experiment_config.task:
+                _fail(f"experiment {experiment_config.name!r} exists for task "
+                      f"{existing.task!r}, not {experiment_config.task!r}; choose another --name")
+            try:
+                if not data_parallel:
+                    result = run_experiment(handle, experiment_config, show_progress=progress)
+            except (ConfigConflictError, LabError) as error:
+                _fail(str(error))
+            _console.print(
+                f"store {path}: trained {len(result.trained)}, resumed {len(result.resumed)}, "
+                f"already finished {len(result.skipped)} run(s) in {result.seconds:.1f} s",
+                highlight=False,
+            )
+            experiment = handle.get_experiment(experiment_config.name)
+            _console.print(comparison_table(summarise(handle, experiment)))
+            if report is not None:
+                _write_report(handle, experiment, report)
 
 
 @lab.command()
@@ -199,9 +292,11 @@ def sweep(
     report: Optional[Path] = typer.Option(
         None, "--report", "-o", help="Also write the HTML report to this path."
     ),
+    progress: bool = typer.Option(True, help="Print a line per finished trial."),
 ) -> None:
     """Search dropout variant and rate with Optuna (TPE, median pruning); trials are lab runs."""
     from dropkit.lab.config import ConfigError, build_config
+    from dropkit.lab.errors import LabError
     from dropkit.lab.optuna_sweep import (
         StudyConfig,
         SweepError,
@@ -211,23 +306,28 @@ def sweep(
     )
     from dropkit.lab.tasks import VARIANTS
 
+    chosen = list(VARIANTS) if variants is None else _list_option(variants, "variants", str)
+    if study is not None:
+        _check_name(study, "--study")
+    _check_output_file(report, "--report")
     try:
-        chosen = (list(VARIANTS) if variants is None
-                  else [v.strip() for v in variants.split(",") if v.strip()])
         experiment_config = build_config(
             task, config, name=study or (f"{task}-sweep" if task else None),
             rates=[rate_min], seeds=[seed], variants=chosen, epochs=epochs,
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, threads=threads,
             mc_samples=mc_samples, data_dir=None if data_dir is None else str(data_dir),
         )
+        _check_name(experiment_config.name, "--study")
         path = _store_path(store)
         study_config = StudyConfig(
             experiment_config, trials=trials,
             storage=storage or default_storage(path, workers), rate_min=rate_min,
             rate_max=rate_max, pruner_startup_trials=prune_after,
         )
-        summary = run_sweep(path, study_config, workers=workers)
-    except (ConfigError, SweepError) as error:
+        with _interruptible(path):
+            _check_data(experiment_config)
+            summary = run_sweep(path, study_config, workers=workers, verbose=progress)
+    except (ConfigError, SweepError, LabError) as error:
         _fail(redact(str(error), storage))
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary["counts"].items()))
     _console.print(
@@ -319,7 +419,8 @@ def export(
         Path("metrics.csv"), "--output", "-o", help="CSV file: one row per run and epoch."
     ),
     tensorboard: Optional[Path] = typer.Option(
-        None, help="Also write TensorBoard event files into this folder (needs tensorboard)."
+        None, help="Also write TensorBoard event files into this folder (needs tensorboard); "
+        "exporting again replaces each run's event files."
     ),
     store: Optional[Path] = StoreOption,
 ) -> None:
@@ -328,13 +429,20 @@ def export(
 
     if tensorboard is not None and not tensorboard_available():
         _fail("--tensorboard needs the tensorboard package: pip install tensorboard")
+    _check_output_file(output, "--output")
+    if tensorboard is not None and tensorboard.exists() and not tensorboard.is_dir():
+        _fail(f"--tensorboard {str(tensorboard)!r} is a file; give a folder for the event files")
     with _open_existing(store) as handle:
         record = _experiment(handle, experiment)
-        rows = export_csv(handle, record, output)
-        _console.print(f"{rows} rows written to {output.resolve()}", highlight=False)
-        if tensorboard is not None:
-            runs = export_tensorboard(handle, record, tensorboard)
-            _console.print(f"{runs} runs written to {tensorboard.resolve()}", highlight=False)
+        try:
+            rows = export_csv(handle, record, output)
+            _console.print(f"{rows} rows written to {output.resolve()}", highlight=False)
+            if tensorboard is not None:
+                runs = export_tensorboard(handle, record, tensorboard)
+                _console.print(f"{runs} runs written to {tensorboard.resolve()}",
+                               highlight=False)
+        except OSError as error:
+            _fail(f"cannot write {str(error.filename or output)!r}: {error.strerror or error}")
 
 
 @lab.command()
@@ -355,9 +463,12 @@ def tasks(
     table = Table("task", "kind", "metric", "data", "description")
     for name, task in available_tasks().items():
         status = task.data_status(folder)
-        data = f"present ({status.location})" if status.present else (
-            f"MISSING at {status.location}: {status.hint}"
-        )
+        if status.present:
+            data = f"present ({status.location})"
+        elif status.damaged:
+            data = f"DAMAGED: {status.location}. {status.hint}"
+        else:
+            data = f"MISSING at {status.location}: {status.hint}"
         table.add_row(name, task.kind, task.metric, data, task.description)
     _console.print(table)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dropkit.lab.store import ExperimentRecord, RunStore
 
-__all__ = ["export_csv", "export_tensorboard", "tensorboard_available"]
+__all__ = ["export_csv", "export_tensorboard", "run_folder_name", "tensorboard_available"]
 
 _RUN_COLUMNS = ("experiment", "task", "run", "variant", "p", "seed", "status", "epoch")
 
@@ -38,14 +38,31 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
+#: What SummaryWriter names its files; only these are replaced on a re-export.
+_EVENT_FILES = "events.out.tfevents.*"
+
+
+def run_folder_name(run) -> str:
+    """``variant_pP_seedS`` (plus ``_trialN`` for sweep trials): run keys contain '/' and '='."""
+    name = f"{run.variant}_p{run.p:g}_seed{run.seed}"
+    trial = run.config.get("trial") if isinstance(run.config, dict) else None
+    return name if trial is None else f"{name}_trial{int(trial):04d}"
+
+
 def export_tensorboard(store: RunStore, experiment: ExperimentRecord, directory: Path) -> int:
-    """One event-file folder per run under ``directory``; returns the number of runs written."""
+    """One event-file folder per run under ``directory``; returns the number of runs written.
+
+    Exporting again into the same folder replaces each run's event files instead of adding
+    a second file beside them: TensorBoard reads every file of a folder, so the old one
+    would show every point twice. Other files in the folders are left alone.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
     count = 0
     for run in store.runs(experiment.id):
-        # Folder names come from ids and numbers only: run keys contain '/' and '='.
-        folder = directory / f"{run.variant}_p{run.p:g}_seed{run.seed}"
+        folder = directory / run_folder_name(run)
+        for stale in folder.glob(_EVENT_FILES):
+            stale.unlink()
         with SummaryWriter(log_dir=str(folder)) as writer:
             for epoch in store.epochs(run.id):
                 for name, value in epoch.items():

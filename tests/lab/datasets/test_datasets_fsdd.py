@@ -84,7 +84,7 @@ def test_read_wav_keeps_channels(tmp_path):
 def test_read_wav_rejects_bad_files(tmp_path):
     not_wav = tmp_path / "notes.wav"
     not_wav.write_text("not audio")
-    with pytest.raises(DataFormatError, match="notes.wav is not a readable PCM wav file"):
+    with pytest.raises(DataFormatError, match=r"notes.wav \(9 bytes\) is not a readable PCM wav"):
         read_wav(not_wav)
     empty = write_wav(tmp_path / "empty.wav", np.zeros((0, 1)))
     with pytest.raises(DataFormatError, match="empty.wav has no samples"):

@@ -121,8 +121,40 @@ def test_read_idx_rejects_malformed_files_naming_them(tmp_path, payload, message
 def test_read_idx_rejects_corrupt_gzip(tmp_path):
     path = tmp_path / "bad.gz"
     path.write_bytes(b"\x1f\x8b" + b"not really gzip" * 4)
-    with pytest.raises(DataFormatError, match="not a valid gzip file"):
+    with pytest.raises(DataFormatError, match=r"bad.gz is a damaged gzip file \(62 bytes\)"):
         read_idx(path)
+
+
+@pytest.mark.parametrize("cut", [10, 200, -9])
+def test_truncated_gzip_is_named_with_its_size(tmp_path, cut):
+    # cut=-9 keeps the deflate stream but not the whole CRC/size trailer.
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    noise = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8)  # incompressible
+    data = gzip.compress(idx_bytes(noise))
+    path.write_bytes(data[:cut])
+    size = len(data[:cut])
+    with pytest.raises(DataFormatError, match=rf"is a damaged gzip file \({size} bytes\)"):
+        read_idx(path)
+
+
+def test_gzip_with_a_flipped_byte_is_a_format_error(tmp_path):
+    path = tmp_path / "x.gz"
+    data = bytearray(gzip.compress(idx_bytes(np.arange(3000, dtype=np.uint8))))
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataFormatError, match="is a damaged gzip file"):
+        read_idx(path)
+
+
+def test_truncated_raw_idx_gives_both_byte_counts(tmp_path):
+    path = write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((5, 28, 28), np.uint8), False)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataFormatError, match=r"truncated: .* needs 3936 bytes .* has 3836$"):
+        read_idx(path)
+    gz = write_idx(tmp_path / "a.gz", np.zeros((5, 28, 28), np.uint8))
+    gz.write_bytes(gzip.compress(idx_bytes(np.zeros((5, 28, 28), np.uint8))[:-100]))
+    with pytest.raises(DataFormatError, match="has 3836 once decompressed"):
+        read_idx(gz)
 
 
 # --------------------------------------------------------------------------- loaders
@@ -193,10 +225,43 @@ def test_inconsistent_files_are_rejected(tmp_path):
         load_mnist("test", folder, download=False, verify=False)
 
 
-def test_verify_rejects_local_gz_that_is_not_the_published_file(tmp_path):
-    make_mnist_dir(tmp_path / "mnist")
-    with pytest.raises(ChecksumError, match="pass verify=False"):
+@pytest.mark.parametrize("gz", [True, False])
+def test_verify_rejects_a_file_whose_content_is_not_the_published_one(tmp_path, gz):
+    make_mnist_dir(tmp_path / "mnist", gz=gz)
+    content = "decompressed content" if gz else "content"
+    with pytest.raises(ChecksumError, match=rf"its {content} \(23536 bytes\) has MD5 ") as info:
         load_mnist("test", tmp_path, download=False)
+    message = str(info.value)
+    assert "published MNIST t10k-images-idx3-ubyte has MD5 2646ac647ad5339dbf082846283269ea" in (
+        message
+    )
+    # The CLI has no such flag, so the message must not send its users looking for one.
+    assert "verify=False" not in message
+
+
+def publish_fixture_md5(monkeypatch, folder: Path, name: str = "mnist") -> None:
+    """Make ``folder``'s generated files the "published" ones of data set ``name``."""
+    md5 = {}
+    for path in folder.iterdir():
+        data = path.read_bytes()
+        data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        md5[path.name.removesuffix(".gz")] = hashlib.md5(data).hexdigest()
+    spec = dataclasses.replace(idx.IMAGE_DATASETS[name], md5=md5)
+    monkeypatch.setitem(idx.IMAGE_DATASETS, name, spec)
+
+
+def test_content_not_gzip_wrapper_is_verified(tmp_path, monkeypatch):
+    folder = tmp_path / "mnist"
+    arrays = make_mnist_dir(folder)
+    publish_fixture_md5(monkeypatch, folder)
+    # Re-compress at another level and with another mtime, as the shared copies were: the
+    # .gz bytes (and their MD5) change, the content does not.
+    for path in folder.glob("t10k-*.gz"):
+        before = path.read_bytes()
+        path.write_bytes(gzip.compress(gzip.decompress(before), compresslevel=1, mtime=12345))
+        assert path.read_bytes() != before
+    test = load_mnist("test", tmp_path, download=False, cache_dir=tmp_path / "c")
+    np.testing.assert_array_equal(test.images.numpy(), arrays["t10k-images-idx3-ubyte"])
 
 
 # --------------------------------------------------------------------------- splitting
@@ -253,10 +318,19 @@ def test_load_train_test_auto_falls_back_only_when_asked(tmp_path):
         load_train_test("mnist", tmp_path, from_test_set="auto", **options)
 
 
-def test_status_reports_complete_partial_and_missing(tmp_path):
+def test_status_reports_complete_partial_damaged_and_missing(tmp_path, monkeypatch):
     make_mnist_dir(tmp_path / "mnist")
     present, message = idx.status(tmp_path)
-    assert present and "complete" in message
+    # Files under MNIST's names that are not MNIST's: loading would fail, so not "complete".
+    assert not present and "damaged" in message and "has MD5" in message
+    publish_fixture_md5(monkeypatch, tmp_path / "mnist")
+    present, message = idx.status(tmp_path)
+    assert present and "complete (train 40, test 30" in message
+    labels = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:20])
+    present, message = idx.status(tmp_path)
+    assert not present and "damaged gzip file (20 bytes)" in message
+    write_idx(labels, np.arange(30, dtype=np.uint8) % 10)
     (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").unlink()
     present, message = idx.status(tmp_path)
     assert present and "partial" in message and "train-images-idx3-ubyte.gz" in message
@@ -375,8 +449,14 @@ def fake_published_mnist(tmp_path, monkeypatch):
     """Generated MNIST files, with the MNIST spec's published MD5s replaced by theirs."""
     served = tmp_path / "served"
     make_mnist_dir(served, n_train=20, n_test=10)
-    md5 = {p.name[: -len(".gz")]: hashlib.md5(p.read_bytes()).hexdigest() for p in served.iterdir()}
-    spec = dataclasses.replace(idx.IMAGE_DATASETS["mnist"], md5=md5)
+    gz_md5 = {
+        p.name[: -len(".gz")]: hashlib.md5(p.read_bytes()).hexdigest() for p in served.iterdir()
+    }
+    md5 = {
+        p.name[: -len(".gz")]: hashlib.md5(gzip.decompress(p.read_bytes())).hexdigest()
+        for p in served.iterdir()
+    }
+    spec = dataclasses.replace(idx.IMAGE_DATASETS["mnist"], md5=md5, gz_md5=gz_md5)
     monkeypatch.setitem(idx.IMAGE_DATASETS, "mnist", spec)
     return served
 
@@ -445,33 +525,41 @@ def test_shared_mnist_test_set_and_published_checksums():
     assert train_labels.shape == (60000,) and int(train_labels.max()) == 9
 
 
-def test_shared_mnist_without_train_images_splits_the_test_set():
-    data_dir = require_shared("mnist")
-    if (data_dir / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("this copy of MNIST has its training images; nothing to fall back from")
-    train, test = load_train_test("mnist", data_dir, from_test_set="auto", download=False)
+def test_shared_mnist_without_train_images_splits_the_test_set(tmp_path):
+    source = require_shared("mnist", "t10k-images-idx3-ubyte.gz").parent
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(source / name, folder)
+    train, test = load_train_test("mnist", tmp_path, from_test_set="auto", download=False)
     assert len(train) + len(test) == 10000
     assert 7990 <= len(train) <= 8000  # floor(0.8 * class size) per class loses < 1 each
-    present, message = idx.status(data_dir.parent)
+    present, message = idx.status(tmp_path)
     assert present and "partial" in message
 
 
-def test_shared_fashion_labels_and_missing_images():
-    labels_path = require_shared("fashion-mnist", "t10k-labels-idx1-ubyte.gz")
-    assert read_idx(labels_path).shape == (10000,)
-    assert read_idx(labels_path.with_name("train-labels-idx1-ubyte.gz")).shape == (60000,)
-    if (labels_path.parent / "t10k-images-idx3-ubyte.gz").exists():
-        pytest.skip("this copy of Fashion-MNIST has its images")
-    with pytest.raises(DatasetNotFoundError, match="t10k-images-idx3-ubyte.gz"):
-        load_fashion_mnist("test", labels_path.parent, download=False)
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_shared_rebuilt_gz_files_load_with_verification(name):
+    # Issue 12, defect 1: the shared train images (and Fashion's test images) were
+    # re-compressed, so their .gz MD5 is not the published one; their content's is.
+    data_dir = require_shared(name, "train-images-idx3-ubyte.gz").parent
+    train, test = load_train_test(name, data_dir, download=False)  # verify=True
+    assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
+    counts = torch.bincount(train.labels, minlength=10).tolist()
+    if name == "mnist":  # class counts from shared/data/README.md
+        assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    else:
+        assert counts == [6000] * 10
+    present, message = idx.status(data_dir.parent, name)
+    assert present and "complete (train 60000, test 10000" in message
 
 
 def test_an_mnist_file_is_not_taken_for_fashion_mnist(tmp_path):
     mnist_labels = require_shared("mnist", "t10k-labels-idx1-ubyte.gz")
     folder = tmp_path / "fashion-mnist"
     folder.mkdir()
-    # Images uncompressed (not checksummed), labels the real MNIST .gz under the same name.
-    write_idx(folder / "t10k-images-idx3-ubyte", np.zeros((10000, 28, 28), np.uint8), gz=False)
+    # The real MNIST test files under Fashion-MNIST's (identical) names.
+    shutil.copy(mnist_labels.with_name("t10k-images-idx3-ubyte.gz"), folder)
     shutil.copy(mnist_labels, folder / "t10k-labels-idx1-ubyte.gz")
-    with pytest.raises(ChecksumError, match="Fashion-MNIST t10k-labels-idx1-ubyte.gz"):
+    with pytest.raises(ChecksumError, match="published Fashion-MNIST t10k-images-idx3-ubyte"):
         load_fashion_mnist("test", tmp_path, download=False, cache_dir=tmp_path / "c")

@@ -83,13 +83,41 @@ def test_bad_text_files_are_named(tmp_path, content, message):
     assert str(path) in str(info.value)
 
 
-def test_load_ptb_standard_split_builds_vocab_from_train_first(tmp_path):
-    corpus = load_ptb(write_ptb(tmp_path / "ptb"))
+def test_load_ptb_standard_split_builds_vocab_from_train_only(tmp_path):
+    folder = write_ptb(tmp_path / "ptb")
+    clean_test = TEST.replace("zebra", "cat")
+    (folder / "ptb.test.txt").write_text(clean_test)
+    corpus = load_ptb(folder)
     assert corpus.vocab.itos[:4] == ["the", "cat", "sat", EOS]
+    assert len(corpus.vocab) == len(set(words(TRAIN)))
     assert corpus.vocab.decode(corpus.train) == words(TRAIN)
     assert corpus.vocab.decode(corpus.valid) == words(VALID)
-    assert corpus.vocab.decode(corpus.test) == words(TEST)
+    assert corpus.vocab.decode(corpus.test) == words(clean_test)
     assert "standard split" in corpus.description
+
+
+def test_load_ptb_rejects_a_test_word_outside_the_training_vocabulary(tmp_path):
+    # The Mikolov files have none (rare words are already <unk>): one means damage.
+    with pytest.raises(DataFormatError, match="ptb.test.txt line 2: word 'zebra' is not in the "
+                       "training vocabulary"):
+        load_ptb(write_ptb(tmp_path / "ptb"))
+
+
+@pytest.mark.parametrize("damage", ["nul", "utf8"])
+def test_damaged_text_files_are_named_with_byte_offsets(tmp_path, damage):
+    folder = write_ptb(tmp_path / "ptb")
+    path = folder / "ptb.valid.txt"
+    data = bytearray(path.read_bytes())
+    if damage == "nul":
+        data[10:14] = b"\x00" * 4
+        message = rf"holds a NUL byte at byte 10 of {len(data)}"
+    else:
+        data[10] = 0xFF
+        message = rf"is not UTF-8 text: byte 10 of {len(data)}"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataFormatError, match=message) as info:
+        load_ptb(folder)
+    assert str(path) in str(info.value)
 
 
 def test_load_ptb_without_train_says_what_to_do(tmp_path):

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional, Union
 
+from dropkit.lab.errors import LabError
+
 __all__ = [
     "DATA_ENV_VAR",
     "DataFormatError",
@@ -51,19 +53,19 @@ _HASHES = ("md5", "sha1", "sha256")
 Opener = Callable[..., BinaryIO]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(LabError, FileNotFoundError):
     """Required files are absent from every searched folder (and could not be downloaded)."""
 
 
-class DataFormatError(ValueError):
+class DataFormatError(LabError, ValueError):
     """A file exists but its contents are not what the reader expects."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(LabError, ValueError):
     """A file's digest differs from the published one."""
 
 
-class DownloadError(OSError):
+class DownloadError(LabError, OSError):
     """Every mirror failed for a reason other than a checksum mismatch."""
 
 

@@ -122,11 +122,13 @@ def read_wav(path: PathLike) -> tuple[Tensor, int]:
             n_frames = handle.getnframes()
             raw = handle.readframes(n_frames)
     except (wave.Error, EOFError) as exc:
-        raise DataFormatError(f"{path} is not a readable PCM wav file ({exc})") from exc
+        raise DataFormatError(
+            f"{path} ({path.stat().st_size} bytes) is not a readable PCM wav file ({exc})"
+        ) from exc
     if len(raw) != n_frames * channels * width:
         raise DataFormatError(
-            f"{path} is truncated: header says {n_frames} frames of {channels}x{width} bytes, "
-            f"data has {len(raw)} bytes"
+            f"{path} is truncated: header says {n_frames} frames of {channels}x{width} bytes "
+            f"({n_frames * channels * width} bytes), data has {len(raw)} bytes"
         )
     if n_frames == 0:
         raise DataFormatError(f"{path} has no samples")
@@ -149,11 +151,12 @@ def read_wav(path: PathLike) -> tuple[Tensor, int]:
 
 
 def parse_name(path: PathLike) -> Recording:
-    """Parse ``{digit}_{speaker}_{take}.wav``; raises ValueError naming a non-conforming file."""
+    """Parse ``{digit}_{speaker}_{take}.wav``; raises DataFormatError (a ValueError) naming a
+    non-conforming file."""
     path = Path(path)
     match = _NAME.match(path.name)
     if match is None:
-        raise ValueError(
+        raise DataFormatError(
             f"{path.name!r} is not an FSDD recording name; expected '{{digit}}_{{speaker}}_"
             f"{{take}}.wav', e.g. '7_jackson_32.wav'"
         )

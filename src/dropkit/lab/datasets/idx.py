@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import struct
 import zlib
@@ -35,6 +36,7 @@ import torch
 from torch import Tensor
 
 from dropkit.lab.datasets._common import (
+    ChecksumError,
     DataFormatError,
     DatasetNotFoundError,
     DownloadError,
@@ -45,7 +47,6 @@ from dropkit.lab.datasets._common import (
     download_file,
     find_file,
     search_dirs,
-    verify_checksum,
 )
 
 __all__ = [
@@ -80,8 +81,12 @@ class _ImageDatasetSpec:
     title: str
     subfolders: tuple[str, ...]
     mirrors: tuple[str, ...]
-    # file stem -> published MD5 of the .gz file
+    # file stem -> published MD5 of the uncompressed IDX file: what every local file is
+    # checked against, compressed or not, because a gzip wrapper is not the data (a copy
+    # re-compressed at another level or mtime holds the same bytes under another .gz MD5).
     md5: dict[str, str]
+    # file stem -> published MD5 of the mirrors' .gz file: checks a download as it streams.
+    gz_md5: dict[str, str]
     classes: tuple[str, ...]
     homepage: str
 
@@ -90,11 +95,11 @@ class _ImageDatasetSpec:
         return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
 
     def remote(self, stem: str) -> RemoteFile:
-        return RemoteFile(stem + ".gz", self.mirrors, "md5:" + self.md5[stem])
+        return RemoteFile(stem + ".gz", self.mirrors, "md5:" + self.gz_md5[stem])
 
 
-# MD5s are the published ones: MNIST's as listed by torchvision and in
-# shared/data/mnist/SOURCE.md, Fashion-MNIST's from the zalandoresearch README.
+# The published MD5s, as listed by torchvision and in shared/data/*/SOURCE.md (MNIST) and
+# by the zalandoresearch README (Fashion-MNIST's .gz) and shared/data/README.md (contents).
 IMAGE_DATASETS: dict[str, _ImageDatasetSpec] = {
     "mnist": _ImageDatasetSpec(
         name="mnist",
@@ -105,6 +110,12 @@ IMAGE_DATASETS: dict[str, _ImageDatasetSpec] = {
             "http://yann.lecun.com/exdb/mnist/",
         ),
         md5={
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+        gz_md5={
             "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
             "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
             "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
@@ -119,6 +130,12 @@ IMAGE_DATASETS: dict[str, _ImageDatasetSpec] = {
         subfolders=("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "fashion"),
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         md5={
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        gz_md5={
             "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
             "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
             "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
@@ -158,30 +175,23 @@ class ImageSet:
         return int(self.labels.shape[0])
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path) -> tuple[bytes, bool]:
+    """``(content, was_compressed)`` of ``path``."""
     with open(path, "rb") as handle:
         raw = handle.read()
     # Decide by content, not by suffix: people gunzip files and keep the name, or vice versa.
     if raw[:2] != _GZIP_MAGIC:
-        return raw
+        return raw, False
     try:
-        return gzip.decompress(raw)
+        return gzip.decompress(raw), True
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataFormatError(f"{path} is not a valid gzip file ({exc})") from exc
+        raise DataFormatError(
+            f"{path} is a damaged gzip file ({len(raw)} bytes): {exc}; replace it with the "
+            f"original"
+        ) from exc
 
 
-def read_idx(path: PathLike) -> Tensor:
-    """Read an IDX file (gzip-compressed or raw) into a tensor of its stored dtype and shape.
-
-    Raises :class:`DataFormatError` naming the file when the header is malformed,
-    the type code is unknown, or the payload length disagrees with the header.
-
-    Example::
-
-        labels = read_idx("t10k-labels-idx1-ubyte.gz")   # uint8, shape (10000,)
-    """
-    path = Path(path)
-    data = _read_bytes(path)
+def _parse_idx(data: bytes, path: Path, compressed: bool = False) -> Tensor:
     if len(data) < 4:
         raise DataFormatError(f"{path} is {len(data)} bytes long, too short for an IDX header")
     zero, type_code, ndim = struct.unpack(">HBB", data[:4])
@@ -212,10 +222,27 @@ def read_idx(path: PathLike) -> Tensor:
         raise DataFormatError(
             f"{path} is {kind}: shape {tuple(shape)} of {np.dtype(np_dtype).name} needs "
             f"{expected} bytes including the header, the file has {len(data)}"
+            + (" once decompressed" if compressed else "")
         )
     array = np.frombuffer(data, dtype=np_dtype, offset=header_len).reshape(shape)
     # astype to native byte order also copies, so the tensor owns writable memory.
     return torch.from_numpy(array.astype(array.dtype.newbyteorder("="))).to(torch_dtype)
+
+
+def read_idx(path: PathLike) -> Tensor:
+    """Read an IDX file (gzip-compressed or raw) into a tensor of its stored dtype and shape.
+
+    Raises :class:`DataFormatError` naming the file when the gzip stream is damaged,
+    the header is malformed, the type code is unknown, or the payload length
+    disagrees with the header (with both byte counts).
+
+    Example::
+
+        labels = read_idx("t10k-labels-idx1-ubyte.gz")   # uint8, shape (10000,)
+    """
+    path = Path(path)
+    data, compressed = _read_bytes(path)
+    return _parse_idx(data, path, compressed)
 
 
 def _spec(name: str) -> _ImageDatasetSpec:
@@ -277,17 +304,28 @@ def _locate(
     return found
 
 
+def _checksum_error(path: Path, spec: _ImageDatasetSpec, stem: str, data: bytes,
+                    actual: str, compressed: bool) -> ChecksumError:
+    content = "decompressed content" if compressed else "content"
+    return ChecksumError(
+        f"{path}: its {content} ({len(data)} bytes) has MD5 {actual}, but the published "
+        f"{spec.title} {stem} has MD5 {spec.md5[stem]}. It is a damaged copy or a file of "
+        f"another data set (MNIST and Fashion-MNIST use the same file names); replace it "
+        f"with the original (see {spec.homepage})"
+    )
+
+
 def _read_checked(path: Path, spec: _ImageDatasetSpec, stem: str, verify: bool) -> Tensor:
-    if verify and path.name.endswith(".gz"):
+    data, compressed = _read_bytes(path)
+    # Parse first: a truncated file is better explained by its byte counts than by a digest.
+    array = _parse_idx(data, path, compressed)
+    if verify:
         # MNIST and Fashion-MNIST use the same file names: the digest is what tells a
         # Fashion-MNIST file from an MNIST one left in the wrong folder.
-        verify_checksum(
-            path,
-            "md5:" + spec.md5[stem],
-            f" for {spec.title} {stem}.gz (a file of another data set, or a re-compressed "
-            f"copy? pass verify=False to read it anyway)",
-        )
-    return read_idx(path)
+        actual = hashlib.md5(data).hexdigest()
+        if actual != spec.md5[stem]:
+            raise _checksum_error(path, spec, stem, data, actual, compressed)
+    return array
 
 
 def _load(
@@ -342,9 +380,13 @@ def load_mnist(
     """Load one MNIST split: 60000 (train) or 10000 (test) 28x28 digit images.
 
     Looks in ``data_dir`` (else ``$DROPKIT_DATA``), then in the cache; with
-    ``download=True`` missing files are fetched once into the cache and checked
-    against the published MD5. ``verify`` also checks local ``.gz`` files, which
-    catches a Fashion-MNIST file mistaken for an MNIST one (same file names).
+    ``download=True`` missing files are fetched once into the cache, checked
+    against the published MD5 of the ``.gz`` as they stream. ``verify`` checks
+    every file read, compressed or not, against the published MD5 of the
+    *uncompressed* IDX file: a re-compressed copy holds the same data under
+    another ``.gz`` digest, and the check catches a Fashion-MNIST file mistaken for
+    an MNIST one (same file names). ``verify=False`` reads files of your own
+    making under these names (e.g. a subset).
     ``opener(url, timeout=...)`` replaces :func:`urllib.request.urlopen` (tests, proxies).
 
     Example::
@@ -486,12 +528,31 @@ def load_train_test(
     return train, _load(spec, "test", data_dir, **options)
 
 
+#: (path, size, mtime_ns, expected MD5) -> (examples, None) or (0, error message): status()
+#: reads every file in full (a damaged one must not be called "complete"), so once each.
+_CHECKED: dict[tuple[str, int, int, str], tuple[int, Optional[str]]] = {}
+
+
+def _check_file(path: Path, spec: _ImageDatasetSpec, stem: str) -> tuple[int, Optional[str]]:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, spec.md5[stem])
+    if key not in _CHECKED:
+        try:
+            _CHECKED[key] = (int(_read_checked(path, spec, stem, verify=True).shape[0]), None)
+        except (DataFormatError, ChecksumError) as exc:
+            _CHECKED[key] = (0, str(exc))
+    return _CHECKED[key]
+
+
 def status(data_dir: Optional[PathLike] = None, name: str = "mnist") -> tuple[bool, str]:
     """Whether data set ``name`` can be loaded from local files, and a one-paragraph message.
 
-    ``present`` is True when at least the test split is found locally (the
-    training set can then be built with ``from_test_set="auto"``); the message
-    says which files are missing and where they were looked for. Never downloads.
+    Every file found is read and checked as the loader checks it (gzip stream,
+    IDX header and length, published MD5 of the content), so "complete" means
+    the load will succeed. ``present`` is True when the test split is sound and
+    the training split is either sound or absent (the training set can then be
+    built with ``from_test_set="auto"``); a damaged file makes it False and the
+    message quotes the loader's error. Never downloads.
     """
     spec = _spec(name)
     try:
@@ -500,18 +561,28 @@ def status(data_dir: Optional[PathLike] = None, name: str = "mnist") -> tuple[bo
         return False, f"{spec.title}: {exc}"
     stems = [*spec.files("train"), *spec.files("test")]
     found = {stem: find_file(dirs, (stem + ".gz", stem)) for stem in stems}
+    checked = {stem: _check_file(path, spec, stem) for stem, path in found.items() if path}
+    damaged = [error for _, error in checked.values() if error is not None]
+    if damaged:
+        return False, f"{spec.title}: damaged: {damaged[0]}"
     missing = [stem + ".gz" for stem, path in found.items() if path is None]
     test_ok = all(found[stem] is not None for stem in spec.files("test"))
+    counts = {split: checked[spec.files(split)[0]][0] for split in _SPLITS
+              if spec.files(split)[0] in checked}
     if not missing:
         where = found[spec.files("train")[0]].parent
-        return True, f"{spec.title}: complete (train 60000, test 10000) in {where}"
+        return True, (
+            f"{spec.title}: complete (train {counts['train']}, test {counts['test']}; "
+            f"MD5 of every file's content matches the published one) in {where}"
+        )
     looked = ", ".join(str(d) for d in dirs)
     if test_ok:
         where = found[spec.files("test")[0]].parent
         return True, (
             f"{spec.title}: partial in {where}: missing {', '.join(missing)}; the test set is "
-            f"present, so from_test_set='auto' splits its 10000 images into train/test "
-            f"(not comparable with the standard split), or download=True fetches the rest"
+            f"present, so from_test_set='auto' splits its {counts['test']} images into "
+            f"train/test (not comparable with the standard split), or download=True fetches "
+            f"the rest"
         )
     return False, (
         f"{spec.title}: missing {', '.join(missing)} (looked in {looked}); "

@@ -132,10 +132,23 @@ class Corpus:
 
 
 def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataFormatError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+        raise DataFormatError(
+            f"{path} is not UTF-8 text: byte {exc.start} of {len(raw)} ({exc.reason}); a damaged "
+            f"copy? replace it with the original"
+        ) from exc
+    # A run of zero bytes is what a crash or a bad copy leaves in a text file; no corpus
+    # here has a NUL character, and counting it as a token would hide the damage.
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataFormatError(
+            f"{path} holds a NUL byte at byte {nul} of {len(raw)}: not a text corpus (a damaged "
+            f"copy?); replace it with the original"
+        )
+    return text
 
 
 def _lines(path: Path) -> list[str]:
@@ -145,17 +158,21 @@ def _lines(path: Path) -> list[str]:
     return text.splitlines()
 
 
-def _encode_lines(lines: Sequence[str], vocab: Vocabulary, grow: bool, source: str) -> Tensor:
+def _encode_lines(lines: Sequence[str], vocab: Vocabulary, grow: bool, source: str,
+                  closed: bool = False) -> Tensor:
+    """Ids of ``lines``; ``closed=True``: a word outside ``vocab`` is an error, not ``<unk>``."""
     ids: list[int] = []
-    unk = vocab.stoi.get(UNK)
+    unk = None if closed else vocab.stoi.get(UNK)
     for number, line in enumerate(lines, start=1):
         for word in [*line.split(), EOS]:
             index = vocab.add(word) if grow else vocab.stoi.get(word, unk)
             if index is None:
-                raise DataFormatError(
-                    f"{source} line {number}: word {word!r} is not in the vocabulary and the "
-                    f"vocabulary has no {UNK!r} token to map it to"
+                why = (
+                    "the training vocabulary; the Mikolov PTB files have no such word, so the "
+                    "file is damaged or not PTB" if closed else
+                    f"the vocabulary and the vocabulary has no {UNK!r} token to map it to"
                 )
+                raise DataFormatError(f"{source} line {number}: word {word!r} is not in {why}")
             ids.append(index)
     return torch.tensor(ids, dtype=torch.long)
 
@@ -183,10 +200,12 @@ def load_ptb(
 ) -> Corpus:
     """Word-level Penn Treebank: train / valid / test id streams and the vocabulary.
 
-    With all three files the vocabulary is built from them in file order (train
-    first), giving the standard 10000 tokens including ``<eos>``.
+    With all three files the vocabulary is built from ``ptb.train.txt`` (the
+    standard 10000 tokens including ``<eos>``); a word of valid or test outside it
+    is a :class:`DataFormatError` naming the file and line, because the Mikolov
+    files have none (``<unk>`` already stands for rare words), so one means damage.
 
-    ``ptb.train.txt`` is 5 MB and often absent (it is in ``../shared/data``).
+    ``ptb.train.txt`` is 5 MB and sometimes absent (it is in ``../shared/data``).
     ``if_train_missing="train-on-valid"`` then trains on the first
     ``1 - holdout_fraction`` of ``ptb.valid.txt``'s lines, validates on the rest,
     and tests on ``ptb.test.txt``; the vocabulary is built from the valid and test
@@ -227,8 +246,8 @@ def load_ptb(
     vocab = Vocabulary()
     if paths["train"] is not None:
         train = tokenize_words(paths["train"], vocab)
-        valid = tokenize_words(paths["valid"], vocab)
-        test = tokenize_words(paths["test"], vocab)
+        valid = _encode_lines(_lines(paths["valid"]), vocab, False, str(paths["valid"]), True)
+        test = _encode_lines(_lines(paths["test"]), vocab, False, str(paths["test"]), True)
         description = f"Penn Treebank standard split from {paths['train'].parent}"
         return Corpus(train, valid, test, vocab, description)
     valid_lines = _lines(paths["valid"])

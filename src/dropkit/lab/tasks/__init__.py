@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 import dropkit
+from dropkit.lab.errors import LabError
 
 __all__ = [
     "DataStatus",
@@ -38,21 +39,25 @@ Placement = Literal["dense", "conv1d", "conv2d"]
 LOWER_IS_BETTER = frozenset({"rmse", "perplexity", "bits_per_char"})
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(LabError, ValueError):
     """A task or dropout variant name that is not registered."""
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(LabError, FileNotFoundError):
     """A task's data files are absent; the message says where to put them."""
 
 
 @dataclass(frozen=True)
 class DataStatus:
-    """Whether a task's data is present, where it was looked for, and how to get it."""
+    """Whether a task's data is present, where it was looked for, and how to get it.
+
+    ``damaged``: the files are there but fail their checks (``location`` quotes why).
+    """
 
     present: bool
     location: str
     hint: str = ""
+    damaged: bool = False
 
 
 @dataclass

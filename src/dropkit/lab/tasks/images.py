@@ -85,11 +85,17 @@ class _ImageTask(Task):
 
     def data_status(self, data_dir: Optional[Path]) -> DataStatus:
         present, message = dataset_status(self.dataset, data_dir)
-        hint = "" if present else (
-            "To download once into the cache: python -c \"from "
-            f"dropkit.lab.datasets import load_train_test; load_train_test('{self.dataset}')\""
-        )
-        return DataStatus(present, message, hint)
+        damaged = not present and f"{message.split(':', 1)[0]}: damaged:" in message
+        if present:
+            hint = ""
+        elif damaged:
+            hint = "Replace the damaged file named above with the original."
+        else:
+            hint = (
+                "To download once into the cache: python -c \"from dropkit.lab.datasets "
+                f"import load_train_test; load_train_test('{self.dataset}')\""
+            )
+        return DataStatus(present, message, hint, damaged)
 
     def load(self, data_dir: Optional[Path], seed: int = 0) -> TaskData:
         try:

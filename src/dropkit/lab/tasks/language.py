@@ -148,9 +148,9 @@ class Ptb(LanguageModelTask):
     dataset = "ptb"
     seq_len = 35
     description = (
-        "Penn Treebank words (without ptb.train.txt: trained on 90% of ptb.valid.txt, tested "
-        "on ptb.test.txt); tied LSTM 128 with AWD-LSTM dropout (Embedding-, Locked-, "
-        "WeightDrop); perplexity."
+        "Penn Treebank words (Mikolov's 10k vocabulary: trained on ptb.train.txt, tested on "
+        "ptb.test.txt; without ptb.train.txt, trained on 90% of ptb.valid.txt instead); tied "
+        "LSTM 128 with AWD-LSTM dropout (Embedding-, Locked-, WeightDrop); perplexity."
     )
     defaults = {
         "rates": [0.0, 0.3],

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from dropkit.lab.datasets import DataFormatError
 from dropkit.lab.tasks import DataStatus, MissingDataError, Task, TaskData, make_dropout, register
 from dropkit.lab.tasks.healthcare import _standardise
 
@@ -45,6 +46,20 @@ class UciNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden(x))
+
+
+def _bad_file(folder: Path) -> str:
+    """The first of ``folder``'s numeric files that numpy cannot parse (else the folder)."""
+    import numpy as np
+
+    for path in sorted(folder.glob("*.txt")):
+        if path.name == "README.txt":
+            continue
+        try:
+            np.loadtxt(path, dtype=np.float64)
+        except ValueError:
+            return f"{path} ({path.stat().st_size} bytes)"
+    return str(folder)
 
 
 def _root(data_dir: Optional[Path]) -> Path:
@@ -91,10 +106,15 @@ class UciTask(Task):
     def load(self, data_dir: Optional[Path], seed: int = 0) -> TaskData:
         from dropkit.uci import load_uci
 
+        folder = _root(data_dir) / self.dataset
         try:
             table = load_uci(self.dataset, _root(data_dir))
         except FileNotFoundError as error:
             raise MissingDataError(str(error)) from error
+        except ValueError as error:
+            # numpy names the row and column but not the file; find it, so the message
+            # says which file to fix.
+            raise DataFormatError(f"{_bad_file(folder)}: {error}") from error
         train, test = table.split(0)
         x = torch.as_tensor(table.features, dtype=torch.float32)
         y = torch.as_tensor(table.target, dtype=torch.float32).reshape(-1)
