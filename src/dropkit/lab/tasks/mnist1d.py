@@ -9,7 +9,15 @@ from typing import Optional
 import torch
 from torch import nn
 
-from dropkit.lab.tasks import DataStatus, MissingDataError, Task, TaskData, make_dropout, register
+from dropkit.lab.tasks import (
+    DataStatus,
+    MissingDataError,
+    Task,
+    TaskData,
+    make_dropout,
+    register,
+    with_validation,
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,8 +51,9 @@ class MLP(nn.Module):
 class Mnist1d(Task):
     name = "mnist1d"
     description = (
-        "MNIST-1D: 4000 train / 1000 test procedurally generated 40-sample 1-D digits "
-        "(package mnist1d, offline); MLP 40-256-256-10 with dropout after each hidden layer."
+        "MNIST-1D: 4000 train (800 of them held out for validation) / 1000 test procedurally "
+        "generated 40-sample 1-D digits (package mnist1d, offline); MLP 40-256-256-10 with "
+        "dropout after each hidden layer."
     )
     defaults = {
         "rates": [0.0, 0.2, 0.5],
@@ -69,12 +78,12 @@ class Mnist1d(Task):
         if not status.present:
             raise MissingDataError(f"task {self.name!r}: {status.hint}")
         data = _generate()
-        return TaskData(
+        return with_validation(TaskData(
             torch.tensor(data["x"], dtype=torch.float32),
             torch.tensor(data["y"], dtype=torch.int64),
             torch.tensor(data["x_test"], dtype=torch.float32),
             torch.tensor(data["y_test"], dtype=torch.int64),
-        )
+        ), self.validation_fraction, stratify=True)
 
     def build_model(self, p: float, variant: str = "standard") -> nn.Module:
         return MLP(40, p, variant)

@@ -17,7 +17,15 @@ from typing import Optional
 import torch
 from torch import nn
 
-from dropkit.lab.tasks import DataStatus, MissingDataError, Task, TaskData, make_dropout, register
+from dropkit.lab.tasks import (
+    DataStatus,
+    MissingDataError,
+    Task,
+    TaskData,
+    make_dropout,
+    register,
+    with_validation,
+)
 from dropkit.lab.tasks.healthcare import _standardise
 
 __all__ = ["UciNet"]
@@ -101,12 +109,12 @@ class UciTask(Task):
         x_train, x_test = _standardise(x[train], x[test])
         y_mean, y_std = y[train].mean(), y[train].std()
         self._features, self._hidden = x.shape[1], table.n_hidden
-        return TaskData(
+        return with_validation(TaskData(
             x_train, (y[train] - y_mean) / y_std, x_test, (y[test] - y_mean) / y_std,
             y_scale=float(y_std),
             notes=[f"UCI {self.dataset}: split 0 of {table.n_splits} "
                    f"({len(train)} train / {len(test)} test rows) from {table.path}"],
-        )
+        ), self.validation_fraction)
 
     def build_model(self, p: float, variant: str = "standard") -> nn.Module:
         if self._features is None:
