@@ -66,9 +66,12 @@ def _one_epoch(task_name: str, data_dir, p: float = 0.3, variant: str = "standar
 
 def test_mnist_tasks_load_fixture_images_as_unit_range_pixels(fixtures):
     data = get_task("mnist-mlp").load(fixtures)
-    assert data.x_train.shape == (40, 1, 28, 28) and data.x_test.shape == (30, 1, 28, 28)
+    # 1/6 of the 40 training images (7, rounded up) are held out for validation.
+    assert data.x_train.shape == (33, 1, 28, 28) and data.x_val.shape == (7, 1, 28, 28)
+    assert data.x_test.shape == (30, 1, 28, 28)
     assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
-    assert data.y_train.tolist() == [i % 10 for i in range(40)]
+    labels = sorted(data.y_train.tolist() + data.y_val.tolist())
+    assert labels == sorted(i % 10 for i in range(40))
     assert any("train" in note for note in data.notes)
 
 
@@ -85,16 +88,19 @@ def test_shakespeare_uses_valid_as_test_and_caps_train(fixtures, monkeypatch):
     task = get_task("shakespeare")
     monkeypatch.setattr(type(task), "train_chars", 1001)
     data = task.load(fixtures)
-    # 1001 characters give (1001 - 1) // 100 = 10 windows.
-    assert data.x_train.shape == (10, task.seq_len)
+    # 1001 characters give (1001 - 1) // 100 = 10 windows; the last one validates.
+    assert data.x_train.shape == (9, task.seq_len) and data.x_val.shape == (1, task.seq_len)
     assert data.x_test.numel() > 0 and int(data.x_train.max()) < task._vocab
 
 
 def test_fsdd_features_are_standardised_spectrograms(fixtures):
     data = get_task("fsdd").load(fixtures)
-    assert data.x_train.shape == (10, 1, 40, 100) and data.x_test.shape == (50, 1, 40, 100)
-    assert abs(float(data.x_train.mean())) < 1e-4
-    assert float(data.x_train.std()) == pytest.approx(1.0, abs=1e-3)
+    # 2 of the 10 training recordings validate; the scaling is computed over all 10.
+    assert data.x_train.shape == (8, 1, 40, 100) and data.x_val.shape == (2, 1, 40, 100)
+    assert data.x_test.shape == (50, 1, 40, 100)
+    training = torch.cat([data.x_train, data.x_val])
+    assert abs(float(training.mean())) < 1e-4
+    assert float(training.std()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_windows_cover_every_target_once_and_reject_short_streams():
@@ -245,9 +251,12 @@ def test_text_and_speech_on_shared_data_load():
     ptb = get_task("ptb").load(root)
     assert ptb.x_test.numel() > 50_000 and get_task("ptb")._vocab >= 7596
     chars = get_task("shakespeare").load(root)
-    assert chars.x_train.numel() == 199_900 and get_task("shakespeare")._vocab == 65
+    # 1999 windows of 100; the last 200 validate.
+    assert chars.x_train.numel() == 179_900 and chars.x_val.numel() == 20_000
+    assert get_task("shakespeare")._vocab == 65
     speech = get_task("fsdd").load(root)
-    assert speech.x_train.shape == (2700, 1, 40, 100) and len(speech.y_test) == 300
+    assert speech.x_train.shape == (2160, 1, 40, 100) and len(speech.y_val) == 540
+    assert len(speech.y_test) == 300
     assert np.bincount(speech.y_test.numpy()).tolist() == [30] * 10
 
 

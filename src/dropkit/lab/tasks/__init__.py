@@ -8,6 +8,7 @@ here on first use, so nothing else has to change.
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,9 +96,15 @@ def with_validation(
         cut = n - max(1, round(n * fraction))
         train, val = torch.arange(cut), torch.arange(cut, n)
     else:
-        train, val = split_indices(
-            n, fraction, seed, stratify=data.y_train if stratify else None
-        )
+        labels = data.y_train if stratify else None
+        if labels is not None:
+            counts = torch.bincount(labels)
+            classes = int((counts > 0).sum())
+            # Stratifying needs a held-out example per class and two of every class; tiny
+            # sets (test fixtures) fall back to a plain random split.
+            if math.ceil(n * fraction) < classes or int(counts[counts > 0].min()) < 2:
+                labels = None
+        train, val = split_indices(n, fraction, seed, stratify=labels)
     note = (
         f"validation: {len(val)} of the {n} training examples held out "
         f"({'the last ' if contiguous else ''}{fraction:.0%}, fixed split); each run's reported "

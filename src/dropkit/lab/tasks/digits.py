@@ -62,7 +62,7 @@ class Digits(Task):
     )
     defaults = {
         "rates": [0.0, 0.2, 0.5],
-        "seeds": [0, 1],
+        "seeds": [0, 1, 2],
         "epochs": 40,
         "batch_size": 32,
         "lr": 1e-3,

@@ -55,7 +55,7 @@ class BreastCancer(_PatientTask):
     )
     defaults = {
         "rates": [0.0, 0.2, 0.5],
-        "seeds": [0, 1],
+        "seeds": [0, 1, 2],
         "epochs": 60,
         "batch_size": 32,
         "lr": 1e-3,
@@ -87,7 +87,7 @@ class Diabetes(_PatientTask):
     )
     defaults = {
         "rates": [0.0, 0.2, 0.5],
-        "seeds": [0, 1],
+        "seeds": [0, 1, 2],
         "epochs": 80,
         "batch_size": 32,
         "lr": 1e-3,

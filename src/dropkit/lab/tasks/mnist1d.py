@@ -57,7 +57,7 @@ class Mnist1d(Task):
     )
     defaults = {
         "rates": [0.0, 0.2, 0.5],
-        "seeds": [0, 1],
+        "seeds": [0, 1, 2],
         "epochs": 30,
         "batch_size": 100,
         "lr": 1e-3,

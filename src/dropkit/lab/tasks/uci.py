@@ -70,7 +70,7 @@ class UciTask(Task):
     uncertainty = True
     defaults = {
         "rates": [0.0, 0.05, 0.2],
-        "seeds": [0, 1],
+        "seeds": [0, 1, 2],
         "epochs": 40,
         "batch_size": 32,
         "lr": 1e-3,
