@@ -209,6 +209,13 @@ def test_application_claims_are_judged_where_their_words_point(tmp_path):
                     "Dropout helps model diverse speaking styles")
     assert speech.verdict == NOT_MEASURED and "fsdd-speakers" in speech.numbers
     assert "Dropout helps model diverse speaking styles" in names
+    # Leave-one-speaker-out: p=0.5 better on every held-out speaker (seed = fold).
+    folds = {("standard", 0.0): [_row(test=0.80 + s / 100) for s in range(6)],
+             ("standard", 0.5): [_row(test=0.85 + s / 100) for s in range(6)]}
+    unseen = _claim(_summary(tmp_path / "loso", folds, task="fsdd-speakers"),
+                    "Dropout helps model diverse speaking styles")
+    assert unseen.verdict == SUPPORTED and "n=6" in unseen.numbers
+    assert "a speaker held out of training" in unseen.measurement
 
 
 def test_cnn_report_says_which_dropout_went_where_and_compares_variants(tmp_path):

@@ -303,13 +303,15 @@ def _overfitting(summary: ExperimentSummary) -> Claim:
     for base, group in _pairs(summary):
         size = group.per_seed(lambda r: gap_size(task, r.selected))
         signed = group.per_seed(lambda r: signed_gap(task, r.selected))
+        base_signed = base.per_seed(lambda r: signed_gap(task, r.selected))
+        if not signed or not base_signed:  # every run of one side diverged (NaN metrics)
+            continue
         pair = _Pair(_label(group), base.per_seed(lambda r: gap_size(task, r.selected)), size)
         mean_signed = statistics.fmean(signed.values())
         if mean_signed < -resolution:
             pair.override = UNDERFITS
             pair.extra = (f" (mean {form} {summary.metric} {_fmt(mean_signed)}: test better than "
                           "train)")
-        base_signed = base.per_seed(lambda r: signed_gap(task, r.selected))
         if statistics.fmean(base_signed.values()) < -resolution:
             pair.extra += " (p=0 underfits too)"
         pairs.append(pair)

@@ -55,10 +55,14 @@ class Mnist1d(Task):
         "generated 40-sample 1-D digits (package mnist1d, offline); MLP 40-256-256-10 with "
         "dropout after each hidden layer."
     )
+    # The demo's defaults, within its 3-minute budget (49 CPU seconds in all, measured
+    # 2026-12-01): 5 paired seeds, because a verdict needs 3 and with 3 the t-test missed a
+    # 2-point accuracy gain that 5 resolve (p=0.006); 40 epochs, because with 30 the best
+    # validation epoch was nearly always the last one (runs still improving).
     defaults = {
         "rates": [0.0, 0.2, 0.5],
-        "seeds": [0, 1, 2],
-        "epochs": 30,
+        "seeds": [0, 1, 2, 3, 4],
+        "epochs": 40,
         "batch_size": 100,
         "lr": 1e-3,
         "weight_decay": 0.0,
