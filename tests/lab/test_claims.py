@@ -135,6 +135,12 @@ def test_underfitting_is_reported_as_such_and_not_counted_as_support(tmp_path):
     assert claim.verdict == NOT_SUPPORTED
     assert claim.verdict_text == "not supported (underfits at standard p=0.5)"
     assert "test better than train" in claim.numbers
+    # Beside a rate that does shrink the gap, the underfitting rate is still named.
+    claim = _claim(_summary(tmp_path / "b", _gaps({0.0: [0.05, 0.06, 0.05],
+                                                    0.2: [0.01, 0.012, 0.011],
+                                                    0.5: [-0.03, -0.02, -0.04]})), OVERFITTING)
+    assert claim.verdict_text == (
+        "supported at standard p=0.2 (underfits at standard p=0.5)"), claim.numbers
 
 
 def test_gap_size_not_its_sign_decides(tmp_path):

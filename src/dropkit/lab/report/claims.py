@@ -244,6 +244,8 @@ def _judge(
                 f"{', '.join(contradicting)})")
     elif supporting:
         verdict, text = SUPPORTED, f"supported at {', '.join(supporting)}"
+        if where(UNDERFITS):  # too much dropout at other rates: worth saying beside it
+            text += f" (underfits at {', '.join(where(UNDERFITS))})"
     else:
         verdict = NOT_SUPPORTED
         reasons = [f"{name} at {', '.join(where(name))}"
