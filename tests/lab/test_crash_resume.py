@@ -33,7 +33,8 @@ def _final_metrics(path):
         experiment = store.get_experiment("crash")
         return {
             run.key: [
-                {k: v for k, v in e.items() if k != "epoch_time"} for e in store.epochs(run.id)
+                {k: v for k, v in e.items() if k not in ("epoch_time", "epoch_cpu_time")}
+                for e in store.epochs(run.id)
             ]
             for run in store.runs(experiment.id)
         }

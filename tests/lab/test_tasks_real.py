@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -73,9 +74,12 @@ def _one_epoch(task_name: str, data_dir, p: float = 0.3, variant: str = "standar
 
 def test_mnist_tasks_load_fixture_images_as_unit_range_pixels(fixtures):
     data = get_task("mnist-mlp").load(fixtures)
-    assert data.x_train.shape == (40, 1, 28, 28) and data.x_test.shape == (30, 1, 28, 28)
+    # 1/6 of the 40 training images (7, rounded up) are held out for validation.
+    assert data.x_train.shape == (33, 1, 28, 28) and data.x_val.shape == (7, 1, 28, 28)
+    assert data.x_test.shape == (30, 1, 28, 28)
     assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
-    assert data.y_train.tolist() == [i % 10 for i in range(40)]
+    labels = sorted(data.y_train.tolist() + data.y_val.tolist())
+    assert labels == sorted(i % 10 for i in range(40))
     assert any("train" in note for note in data.notes)
 
 
@@ -92,16 +96,19 @@ def test_shakespeare_uses_valid_as_test_and_caps_train(fixtures, monkeypatch):
     task = get_task("shakespeare")
     monkeypatch.setattr(type(task), "train_chars", 1001)
     data = task.load(fixtures)
-    # 1001 characters give (1001 - 1) // 100 = 10 windows.
-    assert data.x_train.shape == (10, task.seq_len)
+    # 1001 characters give (1001 - 1) // 100 = 10 windows; the last one validates.
+    assert data.x_train.shape == (9, task.seq_len) and data.x_val.shape == (1, task.seq_len)
     assert data.x_test.numel() > 0 and int(data.x_train.max()) < task._vocab
 
 
 def test_fsdd_features_are_standardised_spectrograms(fixtures):
     data = get_task("fsdd").load(fixtures)
-    assert data.x_train.shape == (10, 1, 40, 100) and data.x_test.shape == (50, 1, 40, 100)
-    assert abs(float(data.x_train.mean())) < 1e-4
-    assert float(data.x_train.std()) == pytest.approx(1.0, abs=1e-3)
+    # 2 of the 10 training recordings validate; the scaling is computed over all 10.
+    assert data.x_train.shape == (8, 1, 40, 100) and data.x_val.shape == (2, 1, 40, 100)
+    assert data.x_test.shape == (50, 1, 40, 100)
+    training = torch.cat([data.x_train, data.x_val])
+    assert abs(float(training.mean())) < 1e-4
+    assert float(training.std()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_windows_cover_every_target_once_and_reject_short_streams():
@@ -229,15 +236,16 @@ def test_cli_absent_data_and_bad_variant_exit_2_and_write_nothing(tmp_path):
 #: shared/data/README.md (UCI split 0, MNIST 60k/10k, FSDD 2700/300), PTB's 929,589 and
 #: 82,430 tokens in 35-token windows, tiny-shakespeare's 200k/55,770 characters in 100s,
 #: and scikit-learn's bundled tables through the tasks' fixed splits.
-_SHARED_SIZES = {
-    "breast-cancer": (341, 228), "diabetes": (309, 133), "digits": (300, 1497),
-    "fashion-mnist-cnn": (60000, 10000), "fashion-mnist-mlp": (60000, 10000),
-    "fsdd": (2700, 300), "mnist-cnn": (60000, 10000), "mnist-mlp": (60000, 10000),
-    "mnist1d": (4000, 1000), "ptb": (26559, 2355), "shakespeare": (1999, 557),
-    "uci-boston": (455, 51), "uci-concrete": (927, 103), "uci-energy": (691, 77),
-    "uci-kin8nm": (7373, 819), "uci-naval-propulsion-plant": (10741, 1193),
-    "uci-power-plant": (8611, 957), "uci-protein-tertiary-structure": (41157, 4573),
-    "uci-wine-quality-red": (1439, 160), "uci-yacht": (277, 31),
+_SHARED_SIZES = {  # (train, validation held out of it, test) on the shared data
+    "breast-cancer": (272, 69, 228), "diabetes": (247, 62, 133), "digits": (240, 60, 1497),
+    "fashion-mnist-cnn": (50000, 10000, 10000), "fashion-mnist-mlp": (50000, 10000, 10000),
+    "fsdd": (2160, 540, 300), "fsdd-speakers": (2000, 500, 500),
+    "mnist-cnn": (50000, 10000, 10000), "mnist-mlp": (50000, 10000, 10000),
+    "mnist1d": (3200, 800, 1000), "ptb": (26559, 2107, 2355), "shakespeare": (1799, 200, 557),
+    "uci-boston": (364, 91, 51), "uci-concrete": (741, 186, 103), "uci-energy": (552, 139, 77),
+    "uci-kin8nm": (5898, 1475, 819), "uci-naval-propulsion-plant": (8592, 2149, 1193),
+    "uci-power-plant": (6888, 1723, 957), "uci-protein-tertiary-structure": (32925, 8232, 4573),
+    "uci-wine-quality-red": (1151, 288, 160), "uci-yacht": (221, 56, 31),
 }
 
 
@@ -246,6 +254,22 @@ def test_every_listed_task_has_a_real_data_test():
     from dropkit.lab.tasks import available_tasks
 
     assert set(available_tasks()) == set(_SHARED_SIZES)
+
+
+def test_text_and_speech_on_shared_data_load():
+    root = require_shared("ptb", "ptb.test.txt").parents[1]
+    require_shared("tinyshakespeare", "input.txt")
+    require_shared("fsdd", "recordings")
+    ptb = get_task("ptb").load(root)
+    assert ptb.x_test.numel() > 50_000 and get_task("ptb")._vocab >= 7596
+    chars = get_task("shakespeare").load(root)
+    # 1999 windows of 100; the last 200 validate.
+    assert chars.x_train.numel() == 179_900 and chars.x_val.numel() == 20_000
+    assert get_task("shakespeare")._vocab == 65
+    speech = get_task("fsdd").load(root)
+    assert speech.x_train.shape == (2160, 1, 40, 100) and len(speech.y_val) == 540
+    assert len(speech.y_test) == 300
+    assert np.bincount(speech.y_test.numpy()).tolist() == [30] * 10
 
 
 @pytest.mark.parametrize("name", sorted(_SHARED_SIZES))
@@ -260,7 +284,8 @@ def test_every_task_runs_to_a_report_on_the_shared_data(name, tmp_path, monkeypa
     if not status.present:
         pytest.skip(f"{name}: data absent from {shared_data}: {status.location}")
     data = task.load(shared_data)
-    assert (len(data.y_train), len(data.y_test)) == _SHARED_SIZES[name]
+    n_val = 0 if data.y_val is None else len(data.y_val)
+    assert (len(data.y_train), n_val, len(data.y_test)) == _SHARED_SIZES[name]
     if name == "ptb":
         assert task._vocab == 10000  # Mikolov's vocabulary, <eos> included
     # Language models score a 10k-word softmax per token in every measurement (the
@@ -268,6 +293,8 @@ def test_every_task_runs_to_a_report_on_the_shared_data(name, tmp_path, monkeypa
     n_train, n_test = (64, 16) if task.kind == "language_model" else (96, 64)
     subset = dataclasses.replace(
         data, x_train=data.x_train[:n_train], y_train=data.y_train[:n_train],
+        x_val=None if data.x_val is None else data.x_val[:n_test],
+        y_val=None if data.y_val is None else data.y_val[:n_test],
         x_test=data.x_test[:n_test], y_test=data.y_test[:n_test],
     )
     monkeypatch.setattr(task, "load", lambda data_dir, seed=0: subset)

@@ -3,11 +3,23 @@
 Read it top to bottom like nanoGPT's train.py: build, (maybe) resume, then
 per epoch train, evaluate, report. Persistence is the caller's business: it
 receives each epoch's metrics and a checkpoint through ``on_epoch``.
+
+Runs are paired by seed: the seed alone fixes the initial weights (drawn before
+any dropout mask, and the same for every rate because a variant builds the same
+layers at any ``p``) and the batch order (its own generator, untouched by the
+masks), so a p=0 and a p>0 run with one seed differ only by dropout.
+
+Model selection is on validation data: every epoch is scored on the task's
+validation split, the epoch with the best validation metric is the run's
+reported one (:func:`select_epoch`), and :func:`train_run` returns the weights
+of that epoch. The test set chooses nothing.
 """
 
 from __future__ import annotations
 
+import copy
 import io
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,7 +30,7 @@ from torch import Tensor, nn
 
 from dropkit.lab.tasks import Task, TaskData
 
-__all__ = ["RunConfig", "evaluate", "train_run"]
+__all__ = ["RunConfig", "evaluate", "select_epoch", "selection_key", "train_run"]
 
 
 @dataclass(frozen=True)
@@ -77,38 +89,88 @@ def epoch_metrics(
     y_train: Tensor,
     fit_loss: float,
     epoch_time: float,
+    epoch_cpu_time: Optional[float] = None,
 ) -> dict[str, float]:
-    """The per-epoch record: mean optimisation loss, time, and train/test loss and metric."""
+    """The per-epoch record: mean optimisation loss, wall and CPU time, train/validation/test
+    loss and metric, and the sizes of the validation and test sets (the report's resolution)."""
     device = x_train.device
     train_loss, train_metric = evaluate(model, task, x_train, y_train, data.y_scale)
     test_loss, test_metric = evaluate(
         model, task, data.x_test.to(device), data.y_test.to(device), data.y_scale
     )
-    return {
+    metrics = {
         "fit_loss": fit_loss,
         "train_loss": train_loss,
         "test_loss": test_loss,
         f"train_{task.metric}": train_metric,
         f"test_{task.metric}": test_metric,
+        "test_examples": len(data.y_test),
         "epoch_time": epoch_time,
     }
+    if data.x_val is not None:
+        val_loss, val_metric = evaluate(
+            model, task, data.x_val.to(device), data.y_val.to(device), data.y_scale
+        )
+        metrics.update(
+            {"val_loss": val_loss, f"val_{task.metric}": val_metric,
+             "val_examples": len(data.y_val)}
+        )
+    if epoch_cpu_time is not None:
+        metrics["epoch_cpu_time"] = epoch_cpu_time
+    return metrics
 
 
-def _checkpoint(model: nn.Module, optimizer, shuffle: torch.Generator, epoch: int) -> bytes:
+def selection_key(task: Task, metrics: dict) -> Optional[tuple[float, float]]:
+    """Smaller is better: the validation metric, then validation loss to break its ties
+    (accuracy on a few hundred examples ties often); ``None`` without a validation split."""
+    value = metrics.get(f"val_{task.metric}")
+    # A diverged epoch (NaN) is never the best one; comparisons with NaN would make it so.
+    if value is None or not math.isfinite(value) or not math.isfinite(metrics["val_loss"]):
+        return None
+    return (-value if task.higher_is_better else value, metrics["val_loss"])
+
+
+def select_epoch(task: Task, rows: list[dict]) -> tuple[dict, bool]:
+    """The reported epoch of a run's rows and whether validation chose it.
+
+    The earliest epoch with the best :func:`selection_key`; the last epoch when the
+    rows have no validation metric (runs recorded before the lab held one out).
+    """
+    scored = [(selection_key(task, row), i) for i, row in enumerate(rows)]
+    scored = [(key, i) for key, i in scored if key is not None]
+    if not scored:
+        return rows[-1], False
+    return rows[min(scored)[1]], True
+
+
+def check_data_for_run(task: Task, data: TaskData, seed: int) -> None:
+    """Refuse data loaded for another seed on tasks whose folds are chosen by the seed."""
+    if task.data_per_seed and data.seed != seed:
+        raise RuntimeError(
+            f"task {task.name!r} holds out different data per run seed: run seed={seed} needs "
+            f"task.load(data_dir, seed={seed}), but got the data of seed={data.seed}"
+        )
+
+
+def _checkpoint(
+    model: nn.Module, optimizer, shuffle: torch.Generator, epoch: int,
+    best: Optional[dict] = None,
+) -> bytes:
     # Both generators are saved: torch's global one draws the dropout seeds
     # (dropkit.random.draw_seed), ``shuffle`` orders the batches. Restoring them
-    # makes a resumed run bit-identical to one that was never interrupted.
+    # makes a resumed run bit-identical to one that was never interrupted. ``best``
+    # (the validation-selected epoch's key and weights) survives a resume the same way.
     buffer = io.BytesIO()
-    torch.save(
-        {
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "shuffle_rng": shuffle.get_state(),
-        },
-        buffer,
-    )
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "shuffle_rng": shuffle.get_state(),
+    }
+    if best is not None:
+        state["best"] = best
+    torch.save(state, buffer)
     return buffer.getvalue()
 
 
@@ -119,6 +181,23 @@ def _restore(blob: bytes, model: nn.Module, optimizer, shuffle: torch.Generator)
     torch.set_rng_state(state["torch_rng"])
     shuffle.set_state(state["shuffle_rng"])
     return int(state["epoch"])
+
+
+def _best_of(blob: bytes) -> Optional[dict]:
+    best = torch.load(io.BytesIO(blob), weights_only=True).get("best")
+    if best is not None:
+        best["key"] = tuple(best["key"])
+    return best
+
+
+def initial_model(task: Task, config: RunConfig) -> nn.Module:
+    """The run's model before training: a function of ``config.seed`` (and variant) only.
+
+    Seeded here, before anything else draws from torch's generator, so the runs of one
+    seed start from the same weights whatever their rate (tests/lab/test_train.py).
+    """
+    torch.manual_seed(config.seed)
+    return task.build_model(config.p, config.variant)
 
 
 def train_run(
@@ -132,23 +211,28 @@ def train_run(
     """Train ``task``'s model under ``config``; resume from ``checkpoint`` when given.
 
     ``on_epoch(epoch, metrics, checkpoint)`` is called after every epoch with
-    1-based ``epoch``; metrics are train/test loss and metric (both in eval
-    mode, so their difference is the generalisation gap), the mean training
-    minibatch loss, and the seconds the epoch's optimisation took.
+    1-based ``epoch``; metrics are train/validation/test loss and metric (all in
+    eval mode, so train - test is the generalisation gap), the mean training
+    minibatch loss, and the wall-clock and CPU seconds the epoch's optimisation took.
+
+    Returns the model in eval mode with the weights of the epoch :func:`select_epoch`
+    reports (best validation metric), or of the last epoch when there is no
+    validation split.
     """
-    torch.manual_seed(config.seed)
-    model = task.build_model(config.p, config.variant)
+    check_data_for_run(task, data, config.seed)
+    model = initial_model(task, config)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     shuffle = torch.Generator().manual_seed(config.seed)
-    first_epoch = 1
+    first_epoch, best = 1, None
     if checkpoint is not None:
         first_epoch = _restore(checkpoint, model, optimizer, shuffle) + 1
+        best = _best_of(checkpoint)
 
     x, y = data.x_train, data.y_train
     for epoch in range(first_epoch, config.epochs + 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model.train()
         fit_loss, batches = 0.0, 0
         for batch in torch.randperm(len(x), generator=shuffle).split(config.batch_size):
@@ -159,9 +243,21 @@ def train_run(
                 nn.utils.clip_grad_norm_(model.parameters(), task.clip_grad_norm)
             optimizer.step()
             fit_loss, batches = fit_loss + loss.item(), batches + 1
+        # CPU time is what the run itself consumed; wall time also counts waiting for a
+        # core that other jobs hold, so only CPU time can say whether dropout is slower.
         epoch_time = time.perf_counter() - start
+        epoch_cpu_time = time.process_time() - cpu_start
 
-        metrics = epoch_metrics(model, task, data, x, y, fit_loss / batches, epoch_time)
+        metrics = epoch_metrics(
+            model, task, data, x, y, fit_loss / batches, epoch_time, epoch_cpu_time
+        )
+        key = selection_key(task, metrics)
+        # Strictly better only: ties keep the earlier epoch, as select_epoch does.
+        if key is not None and (best is None or key < best["key"]):
+            best = {"epoch": epoch, "key": key,
+                    "model": copy.deepcopy(model.state_dict())}
         if on_epoch is not None:
-            on_epoch(epoch, metrics, _checkpoint(model, optimizer, shuffle, epoch))
+            on_epoch(epoch, metrics, _checkpoint(model, optimizer, shuffle, epoch, best))
+    if best is not None:
+        model.load_state_dict(best["model"])
     return model.eval()

@@ -1,30 +1,95 @@
 """The explainer's claims about dropout, each judged from this experiment's numbers.
 
-A difference counts when it exceeds two standard errors of the difference
-(seeds are the replicates; ``se = sqrt(se_a^2 + se_b^2)``). With a single
-seed there is no error bar: the verdict then follows the sign and says so.
+How a claim is judged (the plain-words version is in docs/lab.md, "How the claims are
+judged"):
+
+1. Every number is read at each run's validation-selected epoch (``summary.py``).
+2. Runs are paired by seed: a p>0 run and the p=0 run of the same variant and seed share
+   initial weights, data and batch order (``train.py``), so their difference ``d_s`` is
+   dropout's effect on that seed. Other claims pair within a run (MC vs a single pass) or
+   between rates (best rate in [0.2, 0.5] vs each rate outside it).
+3. With fewer than :data:`MIN_SEEDS` pairs a comparison is *not measured*: with one or
+   two differences no test has a usable error bar (two seeds give the t quantile 12.7).
+4. Otherwise a two-sided paired t-test on ``d`` at level :data:`ALPHA`, with the mean
+   difference and its 95% confidence interval reported beside the verdict.
+5. A claim tried at several rates makes several comparisons: their p-values are
+   Holm-corrected (Holm, 1979) before any is called significant.
+6. A mean difference no larger than one test example (1/N for accuracy) is a *tie*,
+   whatever the p-value: the test set cannot resolve it.
+7. The claim is *supported* when some comparison supports it beyond noise and none
+   contradicts it, *mixed* when some support and others contradict, otherwise *not
+   supported*; the numbers say which comparison did what.
+
+:class:`Claim` carries everything a renderer needs: the one-line ``numbers`` (every
+comparison's n, effect, interval and p-values, then the test used), ``verdict`` (one of
+the four constants, for styling) and ``verdict_text`` (the verdict with its reason).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from dropkit.lab.summary import ExperimentSummary, GroupSummary, Stat
+from dropkit.lab.summary import (
+    ExperimentSummary,
+    GroupSummary,
+    RunResult,
+    Stat,
+    gap_size,
+    signed_gap,
+)
 
-__all__ = ["Claim", "evaluate_claims", "SUPPORTED", "MIXED", "NOT_SUPPORTED", "NOT_MEASURED"]
+__all__ = [
+    "ALPHA",
+    "Claim",
+    "Comparison",
+    "MIN_SEEDS",
+    "MIXED",
+    "NOT_MEASURED",
+    "NOT_SUPPORTED",
+    "SUPPORTED",
+    "evaluate_claims",
+    "holm",
+    "paired_t_test",
+]
 
 SUPPORTED, NOT_SUPPORTED, NOT_MEASURED = "supported", "not supported", "not measured"
 #: Some rates support the claim beyond noise while others contradict it beyond noise.
 MIXED = "mixed"
-_SIGMAS = 2.0
+#: Significance level of every test, after Holm's correction within a claim.
+ALPHA = 0.05
+#: Paired seeds a comparison needs before it is tested at all.
+MIN_SEEDS = 3
+
+# Outcomes of one comparison.
+SUPPORTS, CONTRADICTS, TIE = "supports", "contradicts", "tie"
+NO_DIFFERENCE, UNDERFITS, TOO_FEW = "no difference beyond noise", "underfits", "not measured"
+
 #: Weight scaling "approximates" MC averaging when within this much accuracy (or 2% RMSE).
 _WS_TOLERANCE_ACC = 0.01
 _WS_TOLERANCE_REL = 0.02
 #: A BatchNorm variance ratio this far from 1 is a shift worth caring about.
 _BN_SHIFT = 0.05
+#: Dropout layers that respect a conv map's or a sequence's structure (vs element-wise).
+_STRUCTURED = {"Dropout1d", "Dropout2d", "Dropout3d", "DropBlock2d", "LockedDropout",
+               "WeightDrop", "EmbeddingDropout"}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One tested difference: ``effect`` = mean over seeds of (ours - reference)."""
+
+    label: str
+    n: int
+    outcome: str
+    text: str
+    effect: Optional[float] = None
+    ci: Optional[tuple[float, float]] = None
+    p_value: Optional[float] = None
+    p_holm: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -33,15 +98,160 @@ class Claim:
     measurement: str
     numbers: str
     verdict: str
+    #: The test used, e.g. "paired t-test over 3 seeds, two-sided, alpha 0.05, Holm over 2".
+    test: str = ""
+    comparisons: tuple[Comparison, ...] = ()
+    #: The verdict with its reason: "not measured (2 seeds; need 3)", "mixed (...)".
+    verdict_text: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.verdict_text:
+            object.__setattr__(self, "verdict_text", self.verdict)
 
 
-def _better(a: Stat, b: Stat, sign: float = 1.0) -> tuple[bool, str]:
-    """Whether ``sign * (a - b)`` is positive beyond noise, and the difference as text."""
-    diff = sign * (a.mean - b.mean)
-    if a.sem is None or b.sem is None:
-        return diff > 0, f"difference {diff:+.4g} (single seed: no error bar)"
-    se = math.sqrt(a.sem**2 + b.sem**2)
-    return diff > _SIGMAS * se, f"difference {diff:+.4g}, {_SIGMAS:g} s.e. = {_SIGMAS * se:.3g}"
+def paired_t_test(
+    differences: Sequence[float], alpha: float = ALPHA
+) -> tuple[float, tuple[float, float], float]:
+    """(mean, its ``1 - alpha`` confidence interval, two-sided p) of paired ``differences``.
+
+    Student's t with n-1 degrees of freedom; the same p as ``scipy.stats.ttest_rel``.
+    Identical differences have no spread: p is 0 when they are not all 0, else 1.
+    """
+    from scipy import stats
+
+    n = len(differences)
+    if n < 2:
+        raise ValueError(f"a paired t-test needs at least 2 differences, but got {n}")
+    mean = statistics.fmean(differences)
+    sd = statistics.stdev(differences)
+    if sd == 0.0:
+        return mean, (mean, mean), 1.0 if mean == 0.0 else 0.0
+    se = sd / math.sqrt(n)
+    p = 2.0 * float(stats.t.sf(abs(mean / se), n - 1))
+    half = float(stats.t.ppf(1.0 - alpha / 2.0, n - 1)) * se
+    return mean, (mean - half, mean + half), p
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's (1979) step-down adjusted p-values, in the input's order.
+
+    The k-th smallest p is multiplied by (m - k + 1), capped at 1, and made
+    non-decreasing; reject where the adjusted p < alpha. It controls the chance of
+    any false "significant" among the m comparisons at alpha, without assuming
+    they are independent.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass
+class _Pair:
+    """Inputs of one comparison: seed -> value for the reference and for ours."""
+
+    label: str
+    reference: dict[int, float]
+    ours: dict[int, float]
+    reference_name: str = "p=0"
+    #: An outcome that replaces the test's (e.g. underfitting), once there are enough seeds.
+    override: Optional[str] = None
+    #: (condition, why): what a support needs besides the test (e.g. weight scaling close).
+    requires: Optional[tuple[bool, str]] = None
+    extra: str = ""
+
+
+def _fmt(value: float) -> str:
+    return f"{value:+.3g}"
+
+
+def _judge(
+    claim: str,
+    measurement: str,
+    pairs: list[_Pair],
+    direction: float,
+    resolution: float = 0.0,
+    empty: str = "needs p=0 and p>0 runs",
+) -> Claim:
+    """Test every pair, Holm-correct, and combine the outcomes into one verdict.
+
+    ``direction`` +1: the claim predicts ours > reference; -1: ours < reference.
+    """
+    if not pairs:
+        return Claim(claim, measurement, empty, NOT_MEASURED)
+    stats = []
+    for pair in pairs:
+        seeds = sorted(pair.reference.keys() & pair.ours.keys())
+        if len(seeds) < MIN_SEEDS:
+            stats.append((seeds, None))
+            continue
+        differences = [pair.ours[s] - pair.reference[s] for s in seeds]
+        stats.append((seeds, paired_t_test(differences)))
+    tested = [i for i, (_, result) in enumerate(stats) if result is not None]
+    adjusted = dict(zip(tested, holm([stats[i][1][2] for i in tested]), strict=True))
+
+    comparisons = []
+    for i, (pair, (seeds, result)) in enumerate(zip(pairs, stats, strict=True)):
+        ours = Stat.of([pair.ours[s] for s in seeds] or list(pair.ours.values()))
+        reference = Stat.of([pair.reference[s] for s in seeds] or list(pair.reference.values()))
+        head = f"{pair.label}: {ours} vs {pair.reference_name} {reference}"
+        if result is None:
+            text = f"{head}; {len(seeds)} paired seed(s), need {MIN_SEEDS}"
+            comparisons.append(Comparison(pair.label, len(seeds), TOO_FEW, text))
+            continue
+        mean, (low, high), p = result
+        if pair.override is not None:
+            outcome = pair.override
+        elif abs(mean) <= resolution * (1 + 1e-9):
+            outcome = TIE
+        elif adjusted[i] < ALPHA:
+            outcome = SUPPORTS if mean * direction > 0 else CONTRADICTS
+            if outcome == SUPPORTS and pair.requires is not None and not pair.requires[0]:
+                outcome = f"falls short: {pair.requires[1]}"
+        else:
+            outcome = NO_DIFFERENCE
+        text = (
+            f"{head}; n={len(seeds)}, difference {_fmt(mean)} (95% CI {_fmt(low)} to "
+            f"{_fmt(high)}), p={p:.2g}, Holm p={adjusted[i]:.2g}: {outcome}{pair.extra}"
+        )
+        comparisons.append(
+            Comparison(pair.label, len(seeds), outcome, text, mean, (low, high), p, adjusted[i])
+        )
+
+    test = (
+        f"paired t-test over seeds, two-sided, alpha {ALPHA:g}, Holm-corrected over "
+        f"{len(tested)} comparison(s); 95% CI of the mean paired difference"
+        + (f"; a difference of at most one test example ({resolution:.2g}) is a tie"
+           if resolution > 0 else "")
+    )
+    numbers = "; ".join(c.text for c in comparisons) + f". Test: {test}."
+    if not tested:
+        n = max(c.n for c in comparisons)
+        return Claim(claim, measurement, numbers, NOT_MEASURED, test, tuple(comparisons),
+                     f"not measured ({n} seed{'' if n == 1 else 's'}; need {MIN_SEEDS})")
+
+    def where(outcome: str) -> list[str]:
+        return [c.label for c in comparisons if c.outcome.startswith(outcome)]
+
+    supporting, contradicting = where(SUPPORTS), where(CONTRADICTS)
+    if supporting and contradicting:
+        # Saying "supported" here would hide the comparisons where dropout did the opposite.
+        verdict = MIXED
+        text = (f"mixed (supported at {', '.join(supporting)}; contradicted at "
+                f"{', '.join(contradicting)})")
+    elif supporting:
+        verdict, text = SUPPORTED, f"supported at {', '.join(supporting)}"
+        if where(UNDERFITS):  # too much dropout at other rates: worth saying beside it
+            text += f" (underfits at {', '.join(where(UNDERFITS))})"
+    else:
+        verdict = NOT_SUPPORTED
+        reasons = [f"{name} at {', '.join(where(name))}"
+                   for name in (CONTRADICTS, UNDERFITS, "falls short", TIE) if where(name)]
+        text = f"not supported ({'; '.join(reasons) or NO_DIFFERENCE})"
+    return Claim(claim, measurement, numbers, verdict, test, tuple(comparisons), text)
 
 
 def _pairs(summary: ExperimentSummary) -> list[tuple[GroupSummary, GroupSummary]]:
@@ -58,56 +268,85 @@ def _label(group: GroupSummary) -> str:
     return f"{group.variant} p={group.p:g}"
 
 
-def _compare_claim(
-    summary: ExperimentSummary,
-    claim: str,
-    measurement: str,
-    stat: Callable[[GroupSummary], Optional[Stat]],
-    sign: float,
-) -> Claim:
-    """Supported when some p>0 beats its p=0 baseline on ``stat`` (direction ``sign``)."""
-    pairs = [(b, g) for b, g in _pairs(summary) if stat(b) is not None and stat(g) is not None]
-    if not pairs:
-        return Claim(claim, measurement, "needs p=0 and p>0 runs", NOT_MEASURED)
-    lines, supporting, contradicting = [], [], []
-    for base, group in pairs:
-        better, text = _better(stat(group), stat(base), sign)
-        worse, _ = _better(stat(group), stat(base), -sign)
-        if better:
-            supporting.append(_label(group))
-        elif worse:
-            contradicting.append(_label(group))
-        lines.append(f"{_label(group)}: {stat(group)} vs p=0: {stat(base)} ({text})")
-    if supporting and contradicting:
-        # Saying "supported" here would hide the rates where dropout did the opposite.
-        lines.append(
-            f"supported at {', '.join(supporting)}; contradicted at {', '.join(contradicting)}"
-        )
-        verdict = MIXED
-    else:
-        verdict = SUPPORTED if supporting else NOT_SUPPORTED
-    return Claim(claim, measurement, "; ".join(lines), verdict)
+def _rate_pairs(
+    summary: ExperimentSummary, value: Callable[[RunResult], Optional[float]]
+) -> list[_Pair]:
+    """Each p>0 group against its p=0 baseline, on ``value`` per run; empty sides dropped."""
+    pairs = []
+    for base, group in _pairs(summary):
+        reference, ours = base.per_seed(value), group.per_seed(value)
+        if reference and ours:
+            pairs.append(_Pair(_label(group), reference, ours))
+    return pairs
 
 
-def _ablation_drop(summary: ExperimentSummary, group: GroupSummary) -> Optional[Stat]:
-    drops = []
-    for run in group.runs:
-        curve = run.measurements.get("ablation", {})
-        if "metric" not in curve or 0.5 not in curve.get("fractions", []):
+def _selected(summary: ExperimentSummary, split: str) -> Callable[[RunResult], Optional[float]]:
+    key = f"{split}_{summary.metric}"
+    return lambda run: run.selected.get(key)
+
+
+def _epoch_words(summary: ExperimentSummary) -> str:
+    if summary.by_validation:
+        size = f" ({summary.val_examples} examples)" if summary.val_examples else ""
+        return f"at each run's best-validation epoch{size}"
+    return "at the last epoch (no validation split recorded)"
+
+
+def _overfitting(summary: ExperimentSummary) -> Claim:
+    task, resolution = summary.task, summary.resolution
+    form = "train - test" if task.higher_is_better else "test - train"
+    measurement = (
+        f"size of the generalisation gap, max({form} {summary.metric}, 0) (both in eval mode), "
+        f"{_epoch_words(summary)}; supported when a p>0 gap is smaller than p=0's. A p>0 model "
+        "whose test metric is better than its train metric underfits: reported as such, never "
+        "as less overfitting"
+    )
+    pairs = []
+    for base, group in _pairs(summary):
+        size = group.per_seed(lambda r: gap_size(task, r.selected))
+        signed = group.per_seed(lambda r: signed_gap(task, r.selected))
+        base_signed = base.per_seed(lambda r: signed_gap(task, r.selected))
+        if not signed or not base_signed:  # every run of one side diverged (NaN metrics)
             continue
-        full, half = curve["metric"][0], curve["metric"][curve["fractions"].index(0.5)]
-        drops.append(full - half if summary.task.higher_is_better else half - full)
-    return Stat.of(drops)
+        pair = _Pair(_label(group), base.per_seed(lambda r: gap_size(task, r.selected)), size)
+        mean_signed = statistics.fmean(signed.values())
+        if mean_signed < -resolution:
+            pair.override = UNDERFITS
+            pair.extra = (f" (mean {form} {summary.metric} {_fmt(mean_signed)}: test better than "
+                          "train)")
+        if statistics.fmean(base_signed.values()) < -resolution:
+            pair.extra += " (p=0 underfits too)"
+        pairs.append(pair)
+    return _judge("Dropout reduces overfitting", measurement, pairs, -1.0, resolution)
 
 
-def _co_adaptation(summary: ExperimentSummary, group: GroupSummary) -> Optional[Stat]:
-    values = []
-    for run in group.runs:
-        result = run.measurements.get("co_adaptation", {})
-        key = next((k for k in result if "corr" in k), None) if isinstance(result, dict) else None
-        if key is not None and isinstance(result[key], (int, float)):
-            values.append(float(result[key]))
-    return Stat.of(values)
+def _test_metric(summary: ExperimentSummary, claim: str, where: str) -> Claim:
+    higher = 1.0 if summary.task.higher_is_better else -1.0
+    measurement = (
+        f"test {summary.metric} on {where}, {_epoch_words(summary)}; supported when a p>0 "
+        "beats p=0 (last-epoch test in brackets, for reference only)"
+    )
+    pairs = _rate_pairs(summary, _selected(summary, "test"))
+    for pair in pairs:
+        base, group = next((b, g) for b, g in _pairs(summary) if _label(g) == pair.label)
+        pair.extra = f" [last epoch: {group.test_last} vs p=0 {base.test_last}]"
+    return _judge(claim, measurement, pairs, higher, summary.resolution)
+
+
+def _ablation_drop(summary: ExperimentSummary, run: RunResult) -> Optional[float]:
+    curve = run.measurements.get("ablation", {})
+    if "metric" not in curve or 0.5 not in curve.get("fractions", []):
+        return None
+    full, half = curve["metric"][0], curve["metric"][curve["fractions"].index(0.5)]
+    return full - half if summary.task.higher_is_better else half - full
+
+
+def _co_adaptation(run: RunResult) -> Optional[float]:
+    result = run.measurements.get("co_adaptation", {})
+    key = next((k for k in result if "corr" in k), None) if isinstance(result, dict) else None
+    if key is not None and isinstance(result[key], (int, float)):
+        return float(result[key])
+    return None
 
 
 def _not_measured_reason(summary: ExperimentSummary, name: str) -> Optional[str]:
@@ -121,46 +360,42 @@ def _not_measured_reason(summary: ExperimentSummary, name: str) -> Optional[str]
 def _ensemble(summary: ExperimentSummary) -> Claim:
     claim = "Dropout acts like an ensemble of subnetworks"
     measurement = (
-        "test metric of single stochastic passes vs the average of T passes (MC) vs the "
-        f"eval-mode network (weight scaling); supported when MC beats a single subnetwork and "
-        f"weight scaling is within {_WS_TOLERANCE_ACC:g} accuracy (or {_WS_TOLERANCE_REL:.0%} "
-        "RMSE) of MC"
+        "test metric of single stochastic passes vs the average of T passes (MC), paired within "
+        "each run, and the eval-mode network (weight scaling); supported when MC beats a single "
+        f"subnetwork and weight scaling is within {_WS_TOLERANCE_ACC:g} accuracy (or "
+        f"{_WS_TOLERANCE_REL:.0%} RMSE) of MC"
     )
     higher = summary.task.higher_is_better
-    sign = 1.0 if higher else -1.0
-    lines, verdicts = [], []
+    pairs = []
     for group in summary.groups:
-        results = [r.measurements.get("mc_vs_weight_scaling", {}) for r in group.runs]
-        results = [r for r in results if "mc" in r]
+        results = {r.seed: r.measurements.get("mc_vs_weight_scaling", {}) for r in group.runs}
+        results = {seed: r for seed, r in results.items() if "mc" in r}
         if group.p == 0 or not results:
             continue
-        t_max = str(max(int(t) for t in results[0]["mc"]))
-        mc = Stat.of([r["mc"][t_max] for r in results])
-        single = Stat.of([r["single_pass_mean"] for r in results])
-        ws = Stat.of([r["weight_scaling"] for r in results])
-        gain, text = _better(mc, single, sign)
-        tolerance = _WS_TOLERANCE_ACC if higher else _WS_TOLERANCE_REL * abs(mc.mean)
-        close = abs(ws.mean - mc.mean) <= tolerance
-        verdicts.append(gain and close)
-        lines.append(
-            f"{_label(group)}: single pass {single}, MC T={t_max} {mc} ({text}), "
-            f"weight scaling {ws} (|WS-MC| = {abs(ws.mean - mc.mean):.3g})"
-        )
-    if not lines:
-        return Claim(claim, measurement, "needs runs with p>0", NOT_MEASURED)
-    verdict = SUPPORTED if any(verdicts) else NOT_SUPPORTED
-    return Claim(claim, measurement, "; ".join(lines), verdict)
+        t_max = str(max(int(t) for t in next(iter(results.values()))["mc"]))
+        mc = {seed: r["mc"][t_max] for seed, r in results.items() if t_max in r["mc"]}
+        single = {seed: r["single_pass_mean"] for seed, r in results.items()}
+        ws_mean = statistics.fmean(r["weight_scaling"] for r in results.values())
+        mc_mean = statistics.fmean(mc.values())
+        tolerance = _WS_TOLERANCE_ACC if higher else _WS_TOLERANCE_REL * abs(mc_mean)
+        gap = abs(ws_mean - mc_mean)
+        pairs.append(_Pair(
+            f"{_label(group)} MC T={t_max}", single, mc, reference_name="single pass",
+            requires=(gap <= tolerance, f"|weight scaling - MC| = {gap:.3g} > {tolerance:.3g}"),
+            extra=f" (weight scaling {ws_mean:.4g}, |WS-MC| = {gap:.3g})",
+        ))
+    return _judge(claim, measurement, pairs, 1.0 if higher else -1.0, summary.resolution,
+                  empty="needs runs with p>0")
 
 
-def _bn_shift(group: GroupSummary, layers: set[str]) -> Optional[Stat]:
+def _bn_shift(run: RunResult, layers: set[str]) -> Optional[float]:
     # The p=0 model has the same layers; compare like with like.
     values = [
         abs(layer["ratio"] - 1.0)
-        for run in group.runs
         for layer in run.measurements.get("bn_variance_shift", [])
         if layer["layer"] in layers
     ]
-    return Stat.of(values)
+    return statistics.fmean(values) if values else None
 
 
 def _batchnorm(summary: ExperimentSummary) -> Claim:
@@ -168,9 +403,9 @@ def _batchnorm(summary: ExperimentSummary) -> Claim:
     measurement = (
         "for BatchNorm layers that follow a dropout layer: running variance (learnt with "
         "dropout on) / test-time input variance; supported when the shift |ratio-1| at p>0 "
-        f"exceeds the p=0 model's by {_SIGMAS:g} s.e. and is above {_BN_SHIFT:g}"
+        f"exceeds the p=0 model's beyond noise and is above {_BN_SHIFT:g}"
     )
-    lines, verdicts = [], []
+    pairs = []
     for base, group in _pairs(summary):
         after_dropout = {
             layer["layer"]
@@ -178,60 +413,147 @@ def _batchnorm(summary: ExperimentSummary) -> Claim:
             for layer in run.measurements.get("bn_variance_shift", [])
             if layer["after_dropout"]
         }
-        if not after_dropout:
+        ours = group.per_seed(lambda r, layers=after_dropout: _bn_shift(r, layers))
+        theirs = base.per_seed(lambda r, layers=after_dropout: _bn_shift(r, layers))
+        if not after_dropout or not ours or not theirs:
             continue
-        ours, theirs = _bn_shift(group, after_dropout), _bn_shift(base, after_dropout)
-        if ours is None or theirs is None:
-            continue
-        larger, text = _better(ours, theirs)
-        verdicts.append(larger and ours.mean > _BN_SHIFT)
-        lines.append(f"{_label(group)}: |ratio-1| = {ours} vs p=0: {theirs} ({text})")
-    if not lines:
-        return Claim(
-            claim, measurement,
-            "this task's model has no BatchNorm layer after a dropout layer", NOT_MEASURED,
-        )
-    verdict = SUPPORTED if any(verdicts) else NOT_SUPPORTED
-    return Claim(claim, measurement, "; ".join(lines), verdict)
+        mean = statistics.fmean(ours.values())
+        pairs.append(_Pair(_label(group), theirs, ours,
+                           requires=(mean > _BN_SHIFT, f"shift {mean:.3g} <= {_BN_SHIFT:g}")))
+    return _judge(claim, measurement, pairs, 1.0,
+                  empty="this task's model has no BatchNorm layer after a dropout layer")
+
+
+def _cpu_time(run: RunResult) -> Optional[float]:
+    values = [e["epoch_cpu_time"] for e in run.epochs if "epoch_cpu_time" in e]
+    return statistics.median(values) if values else None
+
+
+def _training_time(summary: ExperimentSummary) -> Claim:
+    measurement = (
+        "median CPU seconds per epoch of optimisation (evaluation excluded): CPU time, not "
+        "wall-clock, so other jobs on the machine do not count; supported when a p>0 epoch "
+        "is slower"
+    )
+    pairs = _rate_pairs(summary, _cpu_time)
+    claim = _judge("Dropout costs training time", measurement, pairs, 1.0,
+                   empty="no CPU time per epoch recorded (runs from before the lab kept it)")
+    if summary.wall_over_cpu is not None:
+        note = next((n for n in summary.notes if n.startswith("machine load")), None)
+        ratio = f" Wall-clock / CPU time per epoch: median {summary.wall_over_cpu:.2g}x."
+        claim = Claim(claim.claim, claim.measurement,
+                      claim.numbers + ratio + (f" Note: {note}." if note else ""),
+                      claim.verdict, claim.test, claim.comparisons, claim.verdict_text)
+    return claim
+
+
+def _convergence(summary: ExperimentSummary) -> Claim:
+    split = "validation" if summary.target_key.startswith("val_") else "test"
+    target = "-" if summary.target is None else f"{summary.target:.4g}"
+    measurement = (
+        f"epochs until the {split} {summary.metric} first reaches the common target ({target}; "
+        "a run that never reaches it counts as its length + 1); supported when a p>0 needs "
+        "more epochs"
+    )
+    pairs = []
+    for base, group in _pairs(summary):
+        if base.epochs_to_target_by_seed and group.epochs_to_target_by_seed:
+            pairs.append(_Pair(_label(group), base.epochs_to_target_by_seed,
+                               group.epochs_to_target_by_seed))
+    return _judge("Dropout may slow convergence", measurement, pairs, 1.0)
 
 
 def _best_rate(summary: ExperimentSummary) -> Claim:
     claim = "Dropout works best at rates around 0.2-0.5"
-    measurement = "rate with the best mean final test metric, among the rates tried"
-    groups = [g for g in summary.groups if g.test is not None]
-    rates = sorted({g.p for g in groups})
-    if len(rates) < 2 or not any(0.2 <= p <= 0.5 for p in rates):
-        numbers = f"rates tried: {rates}; needs one in [0.2, 0.5] and another"
-        return Claim(claim, measurement, numbers, NOT_MEASURED)
-    pick = max if summary.task.higher_is_better else min
-    best = pick(groups, key=lambda g: g.test.mean)
-    numbers = f"rates tried {rates}; best {_label(best)} with test {summary.metric} {best.test}; "
-    numbers += ", ".join(f"{_label(g)}: {g.test}" for g in groups)
-    verdict = SUPPORTED if 0.2 <= best.p <= 0.5 else NOT_SUPPORTED
-    return Claim(claim, measurement, numbers, verdict)
+    measurement = (
+        f"test {summary.metric} {_epoch_words(summary)}: the best rate inside [0.2, 0.5] "
+        "against every rate tried outside it, same variant, paired by seed; supported when it "
+        "beats some beyond noise and none beats it"
+    )
+    higher = summary.task.higher_is_better
+    value = _selected(summary, "test")
+    pairs = []
+    for variant in sorted({g.variant for g in summary.groups}):
+        groups = [g for g in summary.groups if g.variant == variant and g.test is not None]
+        inside = [g for g in groups if 0.2 <= g.p <= 0.5]
+        outside = [g for g in groups if not 0.2 <= g.p <= 0.5]
+        if not inside or not outside:
+            continue
+        pick = max if higher else min
+        best = pick(inside, key=lambda g: g.test.mean)
+        for other in outside:
+            pairs.append(_Pair(f"{_label(best)} vs p={other.p:g}", other.per_seed(value),
+                               best.per_seed(value), reference_name=f"p={other.p:g}"))
+    rates = sorted({g.p for g in summary.groups})
+    return _judge(claim, measurement, pairs, 1.0 if higher else -1.0, summary.resolution,
+                  empty=f"rates tried: {rates}; needs one in [0.2, 0.5] and one outside it")
+
+
+def _layout_text(summary: ExperimentSummary, variant: str) -> str:
+    layers = summary.task.dropout_layout(variant)
+    if not layers:
+        return f"{variant}: (layout needs the task's data loaded)"
+    return f"{variant}: " + ", ".join(f"{name} {layer}" for name, layer in layers)
+
+
+def _variants(summary: ExperimentSummary) -> Optional[Claim]:
+    """Which dropout went where in a CNN or LSTM, and structured vs element-wise if both ran."""
+    standard = summary.task.dropout_layout("standard")
+    if not any(layer.split("(")[0] in _STRUCTURED for _, layer in standard):
+        return None  # an MLP: every variant is element-wise there
+    claim = ("In CNNs and LSTMs, structured dropout (channel / DropBlock on conv maps, "
+             "LockedDropout / WeightDrop in LSTMs) beats element-wise dropout")
+    ran = sorted({g.variant for g in summary.groups})
+    layouts = "; ".join(_layout_text(summary, v) for v in ran)
+    measurement = (
+        f"dropout layers per variant (shown at p=0.5): {layouts}. Test {summary.metric} "
+        f"{_epoch_words(summary)} of each structured variant against the elementwise variant "
+        "at the same p, paired by seed"
+    )
+    if "elementwise" not in ran:
+        return Claim(claim, measurement,
+                     f"ran only {ran}; add the elementwise variant (--variants "
+                     f"{','.join(ran)},elementwise) to compare", NOT_MEASURED)
+    value = _selected(summary, "test")
+    pairs = []
+    for variant in ran:
+        layers = summary.task.dropout_layout(variant)
+        if not any(layer.split("(")[0] in _STRUCTURED for _, layer in layers):
+            continue
+        for group in summary.groups:
+            reference = next((g for g in summary.groups if g.variant == "elementwise"
+                              and g.p == group.p), None)
+            if group.variant == variant and group.p > 0 and reference is not None:
+                pairs.append(_Pair(_label(group), reference.per_seed(value),
+                                   group.per_seed(value),
+                                   reference_name=f"elementwise p={group.p:g}"))
+    higher = 1.0 if summary.task.higher_is_better else -1.0
+    return _judge(claim, measurement, pairs, higher, summary.resolution,
+                  empty="needs a structured variant and elementwise at a common p>0")
+
+
+def _application(summary: ExperimentSummary) -> Optional[Claim]:
+    if summary.task.application_claim is None:
+        return None
+    claim, where = summary.task.application_claim
+    if where is None:
+        return Claim(claim, f"test {summary.metric} where the claim's words point",
+                     summary.task.application_not_measured, NOT_MEASURED)
+    return _test_metric(summary, claim, where)
 
 
 def evaluate_claims(summary: ExperimentSummary) -> list[Claim]:
-    """Every claim of the explainer with its measurement, numbers and verdict."""
-    higher = 1.0 if summary.task.higher_is_better else -1.0
-    metric = summary.metric
+    """Every claim of the explainer with its measurement, numbers, test and verdict."""
     claims = [
-        _compare_claim(
-            summary, "Dropout reduces overfitting",
-            f"generalisation gap (train - test {metric}, both in eval mode) at the last epoch; "
-            "supported when a p>0 gap is smaller than p=0's",
-            lambda g: g.gap, -1.0,
-        ),
-        _compare_claim(
-            summary, f"Dropout improves test {metric}",
-            f"final test {metric}; supported when a p>0 beats p=0",
-            lambda g: g.test, higher,
-        ),
-        _compare_claim(
-            summary, "Dropout improves robustness (to losing hidden units)",
-            f"loss of test {metric} when 50% of the last hidden layer's units are zeroed "
-            "(no rescaling); supported when a p>0 model loses less",
-            lambda g: _ablation_drop(summary, g), -1.0,
+        _overfitting(summary),
+        _test_metric(summary, f"Dropout improves test {summary.metric}", "the test set"),
+        _judge(
+            "Dropout improves robustness (to losing hidden units)",
+            f"loss of test {summary.metric} when 50% of the last hidden layer's units are zeroed "
+            "(no rescaling), on the selected epoch's weights; supported when a p>0 model loses "
+            "less",
+            _rate_pairs(summary, lambda r: _ablation_drop(summary, r)), -1.0,
+            summary.resolution,
         ),
     ]
     reason = _not_measured_reason(summary, "co_adaptation")
@@ -242,28 +564,18 @@ def evaluate_claims(summary: ExperimentSummary) -> list[Claim]:
             reason, NOT_MEASURED,
         ))
     else:
-        claims.append(_compare_claim(
-            summary, "Dropout prevents co-adaptation of units",
+        claims.append(_judge(
+            "Dropout prevents co-adaptation of units",
             "mean |correlation| of the last hidden layer's activations on the test set; "
             "supported when a p>0 model's is lower",
-            lambda g: _co_adaptation(summary, g), -1.0,
+            _rate_pairs(summary, _co_adaptation), -1.0,
         ))
     claims += [
         _ensemble(summary),
-        _compare_claim(
-            summary, "Dropout costs training time",
-            "median seconds per epoch of optimisation (evaluation excluded), on a shared CPU; "
-            "supported when a p>0 epoch is slower",
-            lambda g: g.epoch_time, 1.0,
-        ),
-        _compare_claim(
-            summary, "Dropout may slow convergence",
-            f"epochs until test {metric} first reaches the common target "
-            f"({'-' if summary.target is None else f'{summary.target:.4g}'}; a run that never "
-            "reaches it counts as its length + 1); supported when a p>0 needs more epochs",
-            lambda g: g.epochs_to_target, 1.0,
-        ),
+        _training_time(summary),
+        _convergence(summary),
         _batchnorm(summary),
         _best_rate(summary),
     ]
+    claims += [c for c in (_application(summary), _variants(summary)) if c is not None]
     return claims

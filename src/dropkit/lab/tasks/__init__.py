@@ -8,6 +8,7 @@ here on first use, so nothing else has to change.
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ __all__ = [
     "get_task",
     "make_dropout",
     "register",
+    "with_validation",
 ]
 
 Kind = Literal["classification", "regression", "language_model"]
@@ -62,7 +64,13 @@ class DataStatus:
 
 @dataclass
 class TaskData:
-    """Tensors of one task; ``y_scale`` turns a standardised regression target back into units."""
+    """Tensors of one task; ``y_scale`` turns a standardised regression target back into units.
+
+    ``x_val``/``y_val`` are held out of the training data (:func:`with_validation`): the
+    lab picks each run's reported epoch on them, so the test set never chooses anything.
+    ``seed`` is set by tasks whose data differs per run seed (:attr:`Task.data_per_seed`):
+    the seed this data was loaded for.
+    """
 
     x_train: Tensor
     y_train: Tensor
@@ -70,6 +78,48 @@ class TaskData:
     y_test: Tensor
     y_scale: float = 1.0
     notes: list[str] = field(default_factory=list)
+    x_val: Optional[Tensor] = None
+    y_val: Optional[Tensor] = None
+    seed: Optional[int] = None
+
+
+def with_validation(
+    data: TaskData, fraction: float, *, stratify: bool = False, contiguous: bool = False,
+    seed: int = 0,
+) -> TaskData:
+    """``data`` with ``fraction`` of its training examples moved into a validation split.
+
+    The split is fixed (``seed`` 0 for every run), so the runs of one experiment that
+    share a seed also share their data and can be compared pairwise. ``stratify`` keeps
+    class proportions; ``contiguous`` takes the tail instead (windows of one token stream,
+    where neighbours share context, so a random split would leak it).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction has to be in (0, 1), but got {fraction!r}")
+    n = len(data.y_train)
+    if contiguous:
+        cut = n - max(1, round(n * fraction))
+        train, val = torch.arange(cut), torch.arange(cut, n)
+    else:
+        labels = data.y_train if stratify else None
+        if labels is not None:
+            counts = torch.bincount(labels)
+            classes = int((counts > 0).sum())
+            # Stratifying needs a held-out example per class and two of every class; tiny
+            # sets (test fixtures) fall back to a plain random split.
+            if math.ceil(n * fraction) < classes or int(counts[counts > 0].min()) < 2:
+                labels = None
+        train, val = split_indices(n, fraction, seed, stratify=labels)
+    note = (
+        f"validation: {len(val)} of the {n} training examples held out "
+        f"({'the last ' if contiguous else ''}{fraction:.0%}, fixed split); each run's reported "
+        f"epoch is the one with the best validation metric; {len(train)} examples train"
+    )
+    return TaskData(
+        data.x_train[train], data.y_train[train], data.x_test, data.y_test,
+        y_scale=data.y_scale, notes=[*data.notes, note],
+        x_val=data.x_train[val], y_val=data.y_train[val], seed=data.seed,
+    )
 
 
 def _standard(p: float, placement: Placement) -> nn.Module:
@@ -141,6 +191,16 @@ class Task:
     eval_batch_size: ClassVar[int] = 2048
     #: Gradient-norm clip per step (recurrent models: exploding gradients), or None.
     clip_grad_norm: ClassVar[Optional[float]] = None
+    #: Share of the training examples held out as the validation split.
+    validation_fraction: ClassVar[float] = 0.2
+    #: Whether ``load(data_dir, seed)`` returns different data per run seed (cross-validation:
+    #: seed s is fold s). Runners then load once per seed instead of once per experiment.
+    data_per_seed: ClassVar[bool] = False
+    #: An application claim of the explainer that this task's test set can judge:
+    #: ``(claim, what the test set is)``, or ``(claim, None)`` when it cannot (the reason
+    #: in :attr:`application_not_measured`).
+    application_claim: ClassVar[Optional[tuple[str, Optional[str]]]] = None
+    application_not_measured: ClassVar[str] = ""
 
     @property
     def higher_is_better(self) -> bool:
@@ -155,6 +215,22 @@ class Task:
 
     def build_model(self, p: float, variant: str = "standard") -> nn.Module:
         raise NotImplementedError
+
+    def dropout_layout(self, variant: str) -> list[tuple[str, str]]:
+        """``(module path, layer)`` for every dropout layer ``variant`` puts in this task's model.
+
+        Built at p=0.5 from :meth:`build_model`; tasks whose model needs loaded data
+        (vocabulary, feature count) override this or return ``[]`` before ``load``.
+        """
+        from dropkit.lab.measure import dropout_layers
+
+        try:
+            model = self.build_model(0.5, variant)
+        except RuntimeError:  # the model's size comes from data not loaded yet
+            return []
+        wanted = {id(layer) for layer in dropout_layers(model)}
+        return [(name, f"{type(module).__name__}({module.extra_repr()})")
+                for name, module in model.named_modules() if id(module) in wanted]
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         if self.kind == "classification":

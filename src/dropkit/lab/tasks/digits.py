@@ -8,7 +8,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from dropkit.lab.tasks import Task, TaskData, make_dropout, register, split_indices
+from dropkit.lab.tasks import (
+    Task,
+    TaskData,
+    make_dropout,
+    register,
+    split_indices,
+    with_validation,
+)
 
 
 class DigitsCNN(nn.Module):
@@ -50,11 +57,12 @@ class Digits(Task):
     name = "digits"
     description = (
         "scikit-learn's 1797 8x8 handwritten digits, 300 for training (small, so a CNN "
-        "overfits visibly), the rest for testing; CNN with channel and dense dropout."
+        "overfits visibly; 60 of them held out for validation), the rest for testing; CNN "
+        "with channel and dense dropout."
     )
     defaults = {
         "rates": [0.0, 0.2, 0.5],
-        "seeds": [0, 1],
+        "seeds": [0, 1, 2],
         "epochs": 40,
         "batch_size": 32,
         "lr": 1e-3,
@@ -71,7 +79,10 @@ class Digits(Task):
         test_fraction = 1 - self.train_size / len(y)
         # The split is fixed (not per seed) so seeds vary only initialisation and masks.
         train, test = split_indices(len(y), test_fraction, seed=0, stratify=y)
-        return TaskData(x[train], y[train], x[test], y[test])
+        return with_validation(
+            TaskData(x[train], y[train], x[test], y[test]), self.validation_fraction,
+            stratify=True,
+        )
 
     def build_model(self, p: float, variant: str = "standard") -> nn.Module:
         return DigitsCNN(p, variant)

@@ -16,7 +16,15 @@ from torch import nn
 
 from dropkit.lab.datasets import DatasetNotFoundError, load_train_test
 from dropkit.lab.datasets import status as dataset_status
-from dropkit.lab.tasks import DataStatus, MissingDataError, Task, TaskData, make_dropout, register
+from dropkit.lab.tasks import (
+    DataStatus,
+    MissingDataError,
+    Task,
+    TaskData,
+    make_dropout,
+    register,
+    with_validation,
+)
 from dropkit.lab.tasks.mnist1d import MLP
 
 __all__ = ["ImageCNN", "ImageMLP"]
@@ -82,6 +90,8 @@ class ImageCNN(nn.Module):
 class _ImageTask(Task):
     dataset: ClassVar[str]
     model: ClassVar[str]
+    # 10k of the 60k training images: the customary MNIST 50k/10k train/validation split.
+    validation_fraction = 1 / 6
 
     def data_status(self, data_dir: Optional[Path]) -> DataStatus:
         present, message = dataset_status(self.dataset, data_dir)
@@ -109,10 +119,10 @@ class _ImageTask(Task):
         def pixels(images: torch.Tensor) -> torch.Tensor:
             return images.float().div_(255).unsqueeze(1)
 
-        return TaskData(
+        return with_validation(TaskData(
             pixels(train.images), train.labels, pixels(test.images), test.labels,
             notes=[f"train: {train.description}", f"test: {test.description}"],
-        )
+        ), self.validation_fraction, stratify=True)
 
     def build_model(self, p: float, variant: str = "standard") -> nn.Module:
         return ImageMLP(p, variant) if self.model == "mlp" else ImageCNN(p, variant)
@@ -129,7 +139,8 @@ def _task(dataset: str, model: str, title: str, epochs: int) -> _ImageTask:
         "model": model,
         "description": (
             f"{title} 28x28 images (standard split, or the 10k test images split 80/20 when the "
-            f"training images are absent); {layout}."
+            f"training images are absent; 1/6 of the training images held out for validation); "
+            f"{layout}."
         ),
         "defaults": {
             "rates": [0.0, 0.2, 0.5],

@@ -18,7 +18,15 @@ from torch import Tensor, nn
 import dropkit
 from dropkit.lab.datasets import DatasetNotFoundError, load_ptb, load_tinyshakespeare
 from dropkit.lab.datasets import status as dataset_status
-from dropkit.lab.tasks import DataStatus, MissingDataError, Task, TaskData, make_dropout, register
+from dropkit.lab.tasks import (
+    DataStatus,
+    MissingDataError,
+    Task,
+    TaskData,
+    make_dropout,
+    register,
+    with_validation,
+)
 
 __all__ = ["AwdLstm", "CharLstm", "LanguageModelTask", "windows"]
 
@@ -111,6 +119,7 @@ class LanguageModelTask(Task):
 
     kind = "language_model"
     eval_batch_size = 64
+    validation_fraction = 0.1
     # AWD-LSTM clips at 0.25 with SGD; with Adam's normalised steps 1.0 only stops spikes.
     clip_grad_norm = 1.0
     dataset: ClassVar[str]
@@ -136,10 +145,29 @@ class LanguageModelTask(Task):
             return loss / math.log(2)
         return math.exp(min(loss, 700.0))  # exp overflows a float past ~709
 
-    def _data(self, train: Tensor, test: Tensor, notes: list[str]) -> TaskData:
+    def _data(
+        self, train: Tensor, test: Tensor, notes: list[str], valid: Optional[Tensor] = None
+    ) -> TaskData:
+        """Windows of each stream; without a ``valid`` stream the last 10% of train's windows."""
         x_train, y_train = windows(train, self.seq_len)
         x_test, y_test = windows(test, self.seq_len)
-        return TaskData(x_train, y_train, x_test, y_test, notes=notes)
+        data = TaskData(x_train, y_train, x_test, y_test, notes=notes)
+        if valid is None:
+            return with_validation(data, self.validation_fraction, contiguous=True)
+        data.x_val, data.y_val = windows(valid, self.seq_len)
+        data.notes.append(
+            f"validation: the corpus's own validation stream ({len(data.y_val)} windows); each "
+            "run's reported epoch is the one with the best validation perplexity"
+        )
+        return data
+
+    def dropout_layout(self, variant: str) -> list[tuple[str, str]]:
+        # The layout does not depend on the vocabulary: a 2-word one builds it without data.
+        vocab, self._vocab = self._vocab, self._vocab or 2
+        try:
+            return super().dropout_layout(variant)
+        finally:
+            self._vocab = vocab
 
 
 class Ptb(LanguageModelTask):
@@ -172,7 +200,9 @@ class Ptb(LanguageModelTask):
             f"{len(corpus.vocab)} word vocabulary; windows of {self.seq_len} tokens, LSTM state "
             "reset per window, so perplexities are above truncated-BPTT ones.",
         ]
-        return self._data(corpus.train, corpus.test, notes)
+        # ptb.valid.txt is the validation stream; when it was trained on (no ptb.train.txt)
+        # the reader's held-out rest of it is.
+        return self._data(corpus.train, corpus.test, notes, valid=corpus.valid)
 
     def build_model(self, p: float, variant: str = "standard") -> nn.Module:
         # The vocabulary size depends on which PTB files exist, so load() records it.

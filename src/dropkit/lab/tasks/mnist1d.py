@@ -9,7 +9,15 @@ from typing import Optional
 import torch
 from torch import nn
 
-from dropkit.lab.tasks import DataStatus, MissingDataError, Task, TaskData, make_dropout, register
+from dropkit.lab.tasks import (
+    DataStatus,
+    MissingDataError,
+    Task,
+    TaskData,
+    make_dropout,
+    register,
+    with_validation,
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,13 +51,18 @@ class MLP(nn.Module):
 class Mnist1d(Task):
     name = "mnist1d"
     description = (
-        "MNIST-1D: 4000 train / 1000 test procedurally generated 40-sample 1-D digits "
-        "(package mnist1d, offline); MLP 40-256-256-10 with dropout after each hidden layer."
+        "MNIST-1D: 4000 train (800 of them held out for validation) / 1000 test procedurally "
+        "generated 40-sample 1-D digits (package mnist1d, offline); MLP 40-256-256-10 with "
+        "dropout after each hidden layer."
     )
+    # The demo's defaults, within its 3-minute budget (49 CPU seconds in all, measured
+    # 2026-12-01): 5 paired seeds, because a verdict needs 3 and with 3 the t-test missed a
+    # 2-point accuracy gain that 5 resolve (p=0.006); 40 epochs, because with 30 the best
+    # validation epoch averaged 26-29 of 30 (runs still improving; 35-39 of 40 now).
     defaults = {
         "rates": [0.0, 0.2, 0.5],
-        "seeds": [0, 1],
-        "epochs": 30,
+        "seeds": [0, 1, 2, 3, 4],
+        "epochs": 40,
         "batch_size": 100,
         "lr": 1e-3,
         "weight_decay": 0.0,
@@ -69,12 +82,12 @@ class Mnist1d(Task):
         if not status.present:
             raise MissingDataError(f"task {self.name!r}: {status.hint}")
         data = _generate()
-        return TaskData(
+        return with_validation(TaskData(
             torch.tensor(data["x"], dtype=torch.float32),
             torch.tensor(data["y"], dtype=torch.int64),
             torch.tensor(data["x_test"], dtype=torch.float32),
             torch.tensor(data["y_test"], dtype=torch.int64),
-        )
+        ), self.validation_fraction, stratify=True)
 
     def build_model(self, p: float, variant: str = "standard") -> nn.Module:
         return MLP(40, p, variant)

@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from dropkit.lab.datasets import DataFormatError
-from dropkit.lab.tasks import DataStatus, MissingDataError, Task, TaskData, make_dropout, register
+from dropkit.lab.tasks import (
+    DataStatus,
+    MissingDataError,
+    Task,
+    TaskData,
+    make_dropout,
+    register,
+    with_validation,
+)
 from dropkit.lab.tasks.healthcare import _standardise
 
 __all__ = ["UciNet"]
@@ -77,7 +85,7 @@ class UciTask(Task):
     uncertainty = True
     defaults = {
         "rates": [0.0, 0.05, 0.2],
-        "seeds": [0, 1],
+        "seeds": [0, 1, 2],
         "epochs": 40,
         "batch_size": 32,
         "lr": 1e-3,
@@ -121,12 +129,12 @@ class UciTask(Task):
         x_train, x_test = _standardise(x[train], x[test])
         y_mean, y_std = y[train].mean(), y[train].std()
         self._features, self._hidden = x.shape[1], table.n_hidden
-        return TaskData(
+        return with_validation(TaskData(
             x_train, (y[train] - y_mean) / y_std, x_test, (y[test] - y_mean) / y_std,
             y_scale=float(y_std),
             notes=[f"UCI {self.dataset}: split 0 of {table.n_splits} "
                    f"({len(train)} train / {len(test)} test rows) from {table.path}"],
-        )
+        ), self.validation_fraction)
 
     def build_model(self, p: float, variant: str = "standard") -> nn.Module:
         if self._features is None:
