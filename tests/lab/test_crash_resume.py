@@ -8,8 +8,8 @@ import sys
 import time
 
 from dropkit.lab.config import build_config
+from dropkit.lab.run import run_experiment
 from dropkit.lab.store import open_store
-from dropkit.lab.sweep import run_experiment
 
 EPOCHS = 40
 ARGS = ["breast-cancer", "--name", "crash", "--epochs", str(EPOCHS), "--rates", "0,0.5",

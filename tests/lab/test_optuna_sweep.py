@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dropkit.lab.cli import app
-from dropkit.lab.optuna_sweep import redact
+from dropkit.lab.sweep import redact
 from tests.lab.test_ddp import run_in_session
 
 optuna = pytest.importorskip("optuna")
