@@ -28,7 +28,8 @@ Storage, by worker layout (Optuna's FAQ: SQLite is not safe for parallel workers
 * ``--workers K`` on one machine, no ``--storage``: Optuna's journal file
   storage beside the run store (``<store>-optuna.journal``), written under a
   file lock, safe for concurrent processes;
-* many machines: ``--storage postgresql://...``; every worker runs the same
+* many machines: ``--storage postgresql://...`` (driven by psycopg 3, which the
+  ``[postgres]`` extra installs: :func:`rdb_url`); every worker runs the same
   command and joins the study.
 
 Budget: ``--trials N`` is the study's total over all workers. A worker stops
@@ -238,6 +239,25 @@ def check_storage(url: str, workers: int) -> None:
         )
 
 
+#: The SQLAlchemy driver the ``[postgres]`` extra installs (psycopg 3, ``psycopg[binary]``).
+POSTGRES_DRIVER = "psycopg"
+
+
+def rdb_url(url: str) -> str:
+    """``url`` with a driver-less PostgreSQL scheme pinned to :data:`POSTGRES_DRIVER`.
+
+    SQLAlchemy picks a default driver for ``postgresql://`` that changed between
+    releases (psycopg2 up to 2.0, psycopg 3 from 2.1), so the documented URL would
+    work or fail depending on which one happens to be installed. Pinning it
+    makes ``postgresql://`` mean what the extra installs; an explicit driver
+    (``postgresql+psycopg2://``) is kept as given.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("postgresql", "postgres"):
+        return f"postgresql+{POSTGRES_DRIVER}://{rest}"
+    return url
+
+
 def _storage(url: str):
     import optuna
 
@@ -250,7 +270,7 @@ def _storage(url: str):
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     # pool_pre_ping: a long trial outlives idle server connections on busy PostgreSQL hosts.
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    return optuna.storages.RDBStorage(rdb_url(url), engine_kwargs={"pool_pre_ping": True})
 
 
 def _sampler_seed(config: StudyConfig, worker: int, workers: int) -> Optional[int]:
