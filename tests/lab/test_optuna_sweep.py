@@ -280,3 +280,78 @@ def test_two_workers_on_postgresql_complete_every_trial_once(tmp_path, postgres_
     assert failed.exit_code == 2
     assert "cannot open study 'pg2'" in failed.output and "***@127.0.0.1" in failed.output
     assert "Wrong-pw-91c" not in failed.output
+
+
+# --- search space and killed workers ------------------------------------------------------
+
+
+def test_dense_only_model_searches_only_variants_that_differ(tmp_path):
+    from dropkit.lab.sweep import distinct_variants
+    from dropkit.lab.tasks import VARIANTS, get_task
+
+    # breast-cancer's MLP has dense layers only: channel dropout and DropBlock fall back
+    # to element-wise dropout there. digits' CNN has 2-D maps, where all four differ.
+    assert distinct_variants(get_task("breast-cancer"), list(VARIANTS)) == {
+        "standard": "standard", "elementwise": "standard", "gaussian": "gaussian",
+        "dropblock": "standard"}
+    digits = distinct_variants(get_task("digits"), list(VARIANTS))
+    assert [v for v, first in digits.items() if v == first] == list(VARIANTS)
+
+    store = tmp_path / "lab.sqlite"
+    result = _lab("sweep", "breast-cancer", "--trials", 4, "--study", "dense", "--store", store,
+                  *TINY)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="dense",
+                              storage=f"sqlite:///{tmp_path.resolve() / 'lab-optuna.sqlite'}")
+    assert {t.params["variant"] for t in study.trials} <= {"standard", "gaussian"}
+    assert study.trials[0].distributions["variant"].choices == ("standard", "gaussian")
+    with sqlite3.connect(store) as conn:
+        config = json.loads(conn.execute("SELECT config FROM experiments").fetchone()[0])
+    # The exact config names the searched range and variants; no grid 'rates' list.
+    assert "rates" not in config and config["variants"] == ["standard", "gaussian"]
+    assert config["sweep"]["rate_range"] == [0.0, 0.8]
+    assert config["sweep"]["identical_variants"] == {"elementwise": "standard",
+                                                     "dropblock": "standard"}
+
+
+def test_a_killed_sweep_resumes_its_running_trial_instead_of_leaving_it_running(tmp_path):
+    import signal
+    import time
+
+    store = tmp_path / "lab.sqlite"
+    epochs = 30
+    command = [sys.executable, "-m", "dropkit", "lab", "sweep", "breast-cancer", "--trials", "2",
+               "--study", "k", "--store", str(store), "--epochs", str(epochs),
+               "--mc-samples", "2", "--batch-size", "64", "--prune-after", "100"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if any(3 <= len(run["epochs"]) < epochs for run in _safe_runs(store, "k")):
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read()
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+        process.stderr.close()
+    storage = f"sqlite:///{tmp_path.resolve() / 'lab-optuna.sqlite'}"
+    running = [t.number for t in optuna.load_study(study_name="k", storage=storage).trials
+               if t.state.name == "RUNNING"]
+    assert len(running) == 1
+
+    again = run_in_session(command)
+    assert again.returncode == 0, again.stderr
+    assert f"trial {running[0]} (resumed from a dead worker)" in again.stdout
+    assert "running" not in again.stdout.split("study 'k'")[1].split("\n")[0]
+    study = optuna.load_study(study_name="k", storage=storage)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE"]
+    _check_each_trial_ran_once(study, store, trials=2, epochs=epochs)
+
+
+def _safe_runs(store: Path, experiment: str) -> list[dict]:
+    try:
+        return _runs(store, experiment)
+    except sqlite3.OperationalError:  # not created yet
+        return []

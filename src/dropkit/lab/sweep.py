@@ -153,8 +153,8 @@ class StudyConfig:
     @property
     def variants(self) -> list[str]:
         """The variants searched: those that build a different model on this task."""
-        return list(distinct_variants(get_task(self.experiment.task),
-                                      self.experiment.variants))
+        merged = distinct_variants(get_task(self.experiment.task), self.experiment.variants)
+        return [variant for variant, first in merged.items() if variant == first]
 
     def to_dict(self) -> dict:
         """The experiment record's config: never the raw storage URL.
@@ -505,6 +505,14 @@ def _run_trial(store, experiment, config: StudyConfig, study, trial, task, data,
     trial.set_user_attr("run_id", record.id)
     trial.set_user_attr("run_key", run.key)
     trial.set_user_attr("worker", claimant.label)
+    recorded = store.epochs(record.id)
+    if recorded:
+        # Resuming a trial a dead worker left: it may have died between recording an
+        # epoch and reporting it, and the pruner should see every epoch once.
+        (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == trial.number]
+        for row in recorded:
+            if row["epoch"] not in frozen.intermediate_values:
+                trial.report(row[config.metric], row["epoch"])
 
     def report(epoch: int, metrics: dict) -> None:
         trial.report(metrics[config.metric], epoch)
