@@ -387,10 +387,10 @@ def tasks(
 def uci(ctx: typer.Context) -> None:
     """The UCI regression benchmark of MC dropout (Gal & Ghahramani 2016) vs published numbers.
 
-    Options are those of python -m dropkit.uci (see dropkit lab uci --help): they are
-    passed through, so the two commands cannot drift apart.
+    Options are those of the benchmark's own parser (see dropkit lab uci --help); python -m
+    dropkit.uci is an alias of this command.
     """
-    from dropkit import uci as benchmark
+    from dropkit.lab import uci as benchmark
 
     try:
         code = benchmark.main(ctx.args, prog="dropkit lab uci")
