@@ -172,9 +172,13 @@ def run(
                 result = run_experiment(handle, experiment_config, show_progress=progress)
         except (ConfigConflictError, StoreError) as error:
             _fail(str(error))
+        others = ""
+        if result.finished_elsewhere or result.taken_over:
+            others = (f" ({len(result.finished_elsewhere)} finished by another writer meanwhile, "
+                      f"{len(result.taken_over)} taken over from dead writers)")
         _console.print(
             f"store {path}: trained {len(result.trained)}, resumed {len(result.resumed)}, "
-            f"already finished {len(result.skipped)} run(s) in {result.seconds:.1f} s",
+            f"already finished {len(result.skipped)} run(s) in {result.seconds:.1f} s{others}",
             highlight=False,
         )
         experiment = handle.get_experiment(experiment_config.name)

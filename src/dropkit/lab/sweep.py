@@ -494,7 +494,11 @@ def _run_trial(store, experiment, config: StudyConfig, study, trial, task, data,
     import optuna
 
     exp = config.experiment
-    variant = trial.suggest_categorical("variant", config.variants)
+    # A trial resumed from an older invocation keeps the choices it was sampled from
+    # (Optuna refuses a second, different distribution for one parameter of a trial).
+    known = trial.distributions.get("variant")
+    variant = trial.suggest_categorical(
+        "variant", config.variants if known is None else list(known.choices))
     p = trial.suggest_float("p", config.rate_min, config.rate_max)
     run = RunConfig(
         task=exp.task, variant=variant, p=p, seed=exp.seeds[0], epochs=exp.epochs,
