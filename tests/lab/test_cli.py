@@ -175,7 +175,7 @@ def test_export_tensorboard_writes_every_epoch_of_every_run(tiny_store, tmp_path
 
 
 def test_uci_command_runs_resumes_and_reports(tmp_path):
-    from tests.test_uci import _write_dataset
+    from tests.lab.test_uci import _write_dataset
 
     _write_dataset(tmp_path / "data")
     args = ("uci", "--out", tmp_path / "out", "--data-dir", tmp_path / "data", "--datasets", "toy",
@@ -197,7 +197,7 @@ def test_uci_command_help_is_the_benchmark_options():
 
 
 def test_uci_command_rejects_bad_input_before_training(tmp_path):
-    from tests.test_uci import _write_dataset
+    from tests.lab.test_uci import _write_dataset
 
     _write_dataset(tmp_path / "data")
     result = _lab("uci", "--out", tmp_path / "out", "--data-dir", tmp_path / "data",
