@@ -259,3 +259,40 @@ def test_cli_on_a_file_that_is_not_a_store_exits_2(tmp_path):
         assert result.exit_code == 2, (command, result.output)
         assert "is not an SQLite database" in result.output
     assert path.read_text() == "x\n"
+
+
+def test_a_live_claimant_on_this_host_keeps_its_claim_however_old_its_heartbeat(store_path):
+    with open_store(store_path, stale_after=1.0) as store:
+        run = _run(store)
+        parent = Claimant(Claimant.current().host, os.getppid())
+        store.claim_run(run.id, parent)
+        store._conn.execute("UPDATE claims SET heartbeat = ?", (time.time() - 3600.0,))
+        assert isinstance(store.claim_run(run.id, Claimant.current()), HeldRun)
+
+
+def test_a_writer_whose_claim_was_taken_over_stops_writing_that_run(store_path):
+    from dropkit.lab.config import RunConfig
+    from dropkit.lab.pipeline import execute_run
+    from dropkit.lab.tasks import get_task
+
+    task = get_task("breast-cancer")
+    data = task.load(None)
+    run = RunConfig(task="breast-cancer", variant="standard", p=0.5, seed=0, epochs=3,
+                    batch_size=64, lr=1e-3, weight_decay=0.0)
+    with open_store(store_path) as store:
+        experiment = store.ensure_experiment("e", "breast-cancer", {})
+        record = store.ensure_run(experiment.id, run.key, run.to_dict())
+        remote = Claimant("some-other-machine", 7)
+
+        def train(task, data, run, *, checkpoint, on_epoch):
+            on_epoch(1, {"m": 1.0}, b"c1")
+            # Meanwhile a writer elsewhere judged this one dead and took the run over.
+            store._conn.execute("UPDATE claims SET host = ?, pid = ?", (remote.host, remote.pid))
+            on_epoch(2, {"m": 2.0}, b"c2")
+            raise AssertionError("not reached: the epoch-2 write must stop training")
+
+        outcome = execute_run(store, task, data, run, record.id, mc_samples=2, train=train)
+        assert outcome.state == "lost"
+        assert [e["epoch"] for e in store.epochs(record.id)] == [1]
+        assert store.run(record.id).status == "pending"
+        assert store.holder(record.id).claimant.host == "some-other-machine"

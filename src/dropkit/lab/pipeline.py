@@ -31,6 +31,7 @@ from dropkit.lab.config import ExperimentConfig, RunConfig
 from dropkit.lab.store import (
     Claim,
     Claimant,
+    ClaimLostError,
     ConfigConflictError,
     ExperimentRecord,
     HeldRun,
@@ -63,7 +64,8 @@ class Outcome:
     """What :func:`execute_run` did with one run."""
 
     #: ``"finished"`` (trained and measured here), ``"stopped"`` (a ``report`` callback
-    #: raised :class:`StopRun`), ``"held"`` (a live process trains it), ``"done"``
+    #: raised :class:`StopRun`), ``"held"`` (a live process trains it), ``"lost"`` (another
+    #: writer took the claim over while this one trained: it continues the run), ``"done"``
     #: (finished before this call).
     state: str
     claim: Optional[Claim] = None
@@ -132,6 +134,10 @@ def execute_run(
             if lead:
                 store.finish_run(run_id, stop.measurements, {}, claimant=claim.claimant)
             return Outcome("stopped", claim=claim)
+        except ClaimLostError:
+            # Only after a silence longer than stale_after (another host took over): the
+            # new claimant resumes from the last epoch this process committed.
+            return Outcome("lost", claim=claim)
         except BaseException:
             if lead:
                 store.release(claim)
@@ -147,6 +153,8 @@ def execute_run(
                 path = save_model(model, store.artefact_dir(run_id))
                 store.finish_run(run_id, measurements, {"model": str(path)},
                                  claimant=claim.claimant)
+            except ClaimLostError:
+                return Outcome("lost", claim=claim)
             except BaseException:
                 store.release(claim)
                 raise
@@ -274,6 +282,9 @@ def run_grid(
         outcome = execute_run(store, task, data, run, run_id, mc_samples=config.mc_samples,
                               claimant=claimant, train=train, extra=extra, share=announce,
                               on_epoch=started_epoch)
+        if outcome.state == "lost":
+            # Its new claimant finishes it; wait for that like for any held run.
+            return Outcome("held", holder=store.holder(run_id) if lead else None)
         if outcome.claim is not None:
             (result.resumed if outcome.claim.checkpoint else result.trained).append(run.key)
             if outcome.claim.took_over is not None:
@@ -289,7 +300,7 @@ def run_grid(
             waiting.append((run, run_id, outcome.holder))
     while waiting:
         if events is not None:
-            events.waiting([holder for _, _, holder in waiting])
+            events.waiting([holder for _, _, holder in waiting if holder is not None])
         time.sleep(poll_seconds)
         still = []
         for run, run_id, _ in waiting:

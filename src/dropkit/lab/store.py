@@ -15,12 +15,13 @@ transaction too.
 
 Several writers: a process trains a run only after :meth:`SQLiteStore.claim_run`
 recorded it as the run's claimant (host, pid, process start time, heartbeat)
-in one ``BEGIN IMMEDIATE`` transaction. A claim held by a live process is
-never taken; a claim is stale, and taken over, when its process is gone from
-this host or its heartbeat is older than ``stale_after`` seconds (a claimant
-on another machine). Every epoch row and the finish are written only while
-the writer still holds the claim (checked in the same transaction), so a
-writer that lost its claim can never add to a run someone else continues.
+in one ``BEGIN IMMEDIATE`` transaction. A claim held by a live process on
+this host is never taken; a claim is stale, and taken over, when its process
+is gone from this host, or, for a claimant on another machine (whose process
+this host cannot see), when its heartbeat is older than ``stale_after`` seconds.
+Every epoch row and the finish are written only while the writer still holds
+the claim (checked in the same transaction), so a writer that lost its claim
+can never add to a run someone else continues.
 
 Read-only commands open the file with ``mode=ro`` (:func:`open_store`
 ``read_only=True``): they work on a store the user may not write and never
@@ -479,6 +480,8 @@ class SQLiteStore:
         alive = holder.alive_here()
         if alive is False:
             return f"{holder.label} is no longer running"
+        if alive:
+            return None  # a live process on this host: never taken, however slow
         age = now - row["heartbeat"]
         if age > self.stale_after:
             return f"{holder.label} sent no heartbeat for {age:.0f} s"
