@@ -439,6 +439,8 @@ def run_worker(store_path: Path, config: StudyConfig, *, worker: int = 0, worker
                          config)
 
             for frozen in abandoned_trials(study, store):
+                # Optuna has no public way to reopen a RUNNING trial; Trial(study, id) is
+                # what study.ask() itself returns, and tell() accepts it from any process.
                 run(optuna.trial.Trial(study, frozen._trial_id), adopted=True)
             while len(study.get_trials(deepcopy=False)) < config.trials:
                 trial = study.ask()
