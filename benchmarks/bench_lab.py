@@ -17,9 +17,9 @@ import torch
 
 from dropkit.lab.config import build_config
 from dropkit.lab.report.html import write_report
+from dropkit.lab.run import run_experiment
 from dropkit.lab.store import open_store
 from dropkit.lab.summary import summarise
-from dropkit.lab.sweep import run_experiment
 
 
 def main() -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from dropkit.lab.config import RunConfig
 from dropkit.lab.tasks import get_task
-from dropkit.lab.train import RunConfig, train_run
+from dropkit.lab.train import train_run
 
 
 def main() -> None:

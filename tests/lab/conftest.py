@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dropkit.lab.config import build_config
+from dropkit.lab.run import run_experiment
 from dropkit.lab.store import open_store
-from dropkit.lab.sweep import run_experiment
 
 TINY = {"epochs": 3, "seeds": [0, 1], "rates": [0.0, 0.5], "mc_samples": 3}
 

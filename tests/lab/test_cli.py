@@ -177,7 +177,7 @@ def test_export_tensorboard_writes_every_epoch_of_every_run(tiny_store, tmp_path
 
 
 def test_uci_command_runs_resumes_and_reports(tmp_path):
-    from tests.test_uci import _write_dataset
+    from tests.lab.test_uci import _write_dataset
 
     _write_dataset(tmp_path / "data")
     args = ("uci", "--out", tmp_path / "out", "--data-dir", tmp_path / "data", "--datasets", "toy",
@@ -199,7 +199,7 @@ def test_uci_command_help_is_the_benchmark_options():
 
 
 def test_uci_command_rejects_bad_input_before_training(tmp_path):
-    from tests.test_uci import _write_dataset
+    from tests.lab.test_uci import _write_dataset
 
     _write_dataset(tmp_path / "data")
     result = _lab("uci", "--out", tmp_path / "out", "--data-dir", tmp_path / "data",
@@ -282,12 +282,12 @@ def test_exporting_tensorboard_twice_does_not_duplicate_points(tiny_store, tmp_p
 
 
 def test_ctrl_c_exits_130_and_says_rerunning_resumes(tmp_path, monkeypatch):
-    import dropkit.lab.sweep
+    import dropkit.lab.run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dropkit.lab.sweep, "run_experiment", interrupted)
+    monkeypatch.setattr(dropkit.lab.run, "run_experiment", interrupted)
     store = tmp_path / "s.sqlite"
     result = _lab("run", "digits", "--epochs", 1, "--store", store, "--no-progress")
     assert result.exit_code == 130
@@ -324,7 +324,7 @@ def _damaged_data(kind, root, monkeypatch):
     """Write a small data folder for ``kind``, damage one file; return (task, file, message)."""
     from tests.lab.datasets.test_datasets_fsdd import make_fsdd
     from tests.lab.datasets.test_datasets_idx import make_mnist_dir, publish_fixture_md5
-    from tests.test_uci import _write_dataset
+    from tests.lab.test_uci import _write_dataset
 
     if kind in ("gz-flipped", "gz-truncated", "idx-truncated"):
         folder = root / "mnist"

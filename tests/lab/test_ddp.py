@@ -111,4 +111,10 @@ def test_ddp_and_plain_runs_do_not_mix_in_one_experiment(tmp_path):
     assert _lab("run", "breast-cancer", "--rates", 0, "--store", store, *ARGS).exit_code == 0
     result = _lab("run", "breast-cancer", "--ddp", 2, "--rates", 0, "--store", store, *ARGS)
     assert result.exit_code == 2
-    assert "was trained with ddp=None, not 2; choose another --name" in result.output
+    assert "was trained with one process, not ddp=2; choose another --name" in result.output
+    # And the other way: a data-parallel experiment is not continued by a plain run.
+    assert _lab("run", "breast-cancer", "--ddp", 2, "--rates", 0, "--name", "d", "--store", store,
+                *ARGS).exit_code == 0
+    result = _lab("run", "breast-cancer", "--rates", 0, "--name", "d", "--store", store, *ARGS)
+    assert result.exit_code == 2
+    assert "was trained with ddp=2, not one process; choose another --name" in result.output

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dropkit.lab.cli import app
-from dropkit.lab.optuna_sweep import redact
+from dropkit.lab.sweep import rdb_url, redact
 from tests.lab.test_ddp import run_in_session
 
 optuna = pytest.importorskip("optuna")
@@ -214,22 +214,53 @@ def postgres_url():
                "-o", f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off")
     try:
         assert start.returncode == 0, start.stderr + (root / "log").read_text()
-        yield f"postgresql+psycopg2://sweeper:{_PASSWORD}@127.0.0.1:{port}/postgres"
+        # The URL form docs/scaling.md documents: no driver named.
+        yield f"postgresql://sweeper:{_PASSWORD}@127.0.0.1:{port}/postgres"
     finally:
         pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _without_psycopg2(tmp_path) -> dict:
+    """An environment in which ``import psycopg2`` fails, as after ``pip install dropkit[postgres]``
+    on a machine without it (the extra installs psycopg 3 only)."""
+    blocker = tmp_path / "no-psycopg2" / "psycopg2"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ImportError('psycopg2 is blocked: the [postgres] extra does not install it')\n")
+    path = os.pathsep.join(filter(None, [str(blocker.parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def test_documented_postgresql_url_uses_the_driver_the_extra_installs():
+    import sys
+
+    from sqlalchemy.engine import make_url
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    extra = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["postgres"]
+    assert [r.split("[")[0].split(">")[0] for r in extra] == ["psycopg"]
+    for documented in ("postgresql://u@h:5432/db", "postgres://u@h/db"):
+        assert make_url(rdb_url(documented)).get_dialect().driver == "psycopg"
+    assert rdb_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert rdb_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
 def test_two_workers_on_postgresql_complete_every_trial_once(tmp_path, postgres_url):
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg")
     store = tmp_path / "lab.sqlite"
     report = tmp_path / "report.html"
     trials = 4
     result = _cli("sweep", "breast-cancer", "--trials", trials, "--workers", 2, "--study", "pg",
-                  "--storage", postgres_url, "--store", store, "-o", report, *TINY)
+                  "--storage", postgres_url, "--store", store, "-o", report, *TINY,
+                  env=_without_psycopg2(tmp_path))
     output = result.stdout + result.stderr
     assert result.returncode == 0, redact(output, postgres_url)
-    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    study = optuna.load_study(study_name="pg", storage=rdb_url(postgres_url))
     _check_each_trial_ran_once(study, store, trials=trials, epochs=2)
     best = study.best_trial
     assert f"best trial {best.number}:" in output
@@ -238,7 +269,7 @@ def test_two_workers_on_postgresql_complete_every_trial_once(tmp_path, postgres_
     assert recorded[best.number]["value"] == best.value
     assert best.user_attrs["run_key"] in report.read_text()
     # The password is nowhere: not in output, store, snapshot, report.
-    assert "postgresql+psycopg2://***@127.0.0.1" in output
+    assert "postgresql://***@127.0.0.1" in output
     for blob in (output, store.read_bytes().decode("latin-1"), report.read_text(),
                  json.dumps(snapshot)):
         assert _PASSWORD not in blob
@@ -249,3 +280,78 @@ def test_two_workers_on_postgresql_complete_every_trial_once(tmp_path, postgres_
     assert failed.exit_code == 2
     assert "cannot open study 'pg2'" in failed.output and "***@127.0.0.1" in failed.output
     assert "Wrong-pw-91c" not in failed.output
+
+
+# --- search space and killed workers ------------------------------------------------------
+
+
+def test_dense_only_model_searches_only_variants_that_differ(tmp_path):
+    from dropkit.lab.sweep import distinct_variants
+    from dropkit.lab.tasks import VARIANTS, get_task
+
+    # breast-cancer's MLP has dense layers only: channel dropout and DropBlock fall back
+    # to element-wise dropout there. digits' CNN has 2-D maps, where all four differ.
+    assert distinct_variants(get_task("breast-cancer"), list(VARIANTS)) == {
+        "standard": "standard", "elementwise": "standard", "gaussian": "gaussian",
+        "dropblock": "standard"}
+    digits = distinct_variants(get_task("digits"), list(VARIANTS))
+    assert [v for v, first in digits.items() if v == first] == list(VARIANTS)
+
+    store = tmp_path / "lab.sqlite"
+    result = _lab("sweep", "breast-cancer", "--trials", 4, "--study", "dense", "--store", store,
+                  *TINY)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="dense",
+                              storage=f"sqlite:///{tmp_path.resolve() / 'lab-optuna.sqlite'}")
+    assert {t.params["variant"] for t in study.trials} <= {"standard", "gaussian"}
+    assert study.trials[0].distributions["variant"].choices == ("standard", "gaussian")
+    with sqlite3.connect(store) as conn:
+        config = json.loads(conn.execute("SELECT config FROM experiments").fetchone()[0])
+    # The exact config names the searched range and variants; no grid 'rates' list.
+    assert "rates" not in config and config["variants"] == ["standard", "gaussian"]
+    assert config["sweep"]["rate_range"] == [0.0, 0.8]
+    assert config["sweep"]["identical_variants"] == {"elementwise": "standard",
+                                                     "dropblock": "standard"}
+
+
+def test_a_killed_sweep_resumes_its_running_trial_instead_of_leaving_it_running(tmp_path):
+    import signal
+    import time
+
+    store = tmp_path / "lab.sqlite"
+    epochs = 30
+    command = [sys.executable, "-m", "dropkit", "lab", "sweep", "breast-cancer", "--trials", "2",
+               "--study", "k", "--store", str(store), "--epochs", str(epochs),
+               "--mc-samples", "2", "--batch-size", "64", "--prune-after", "100"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if any(3 <= len(run["epochs"]) < epochs for run in _safe_runs(store, "k")):
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read()
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+        process.stderr.close()
+    storage = f"sqlite:///{tmp_path.resolve() / 'lab-optuna.sqlite'}"
+    running = [t.number for t in optuna.load_study(study_name="k", storage=storage).trials
+               if t.state.name == "RUNNING"]
+    assert len(running) == 1
+
+    again = run_in_session(command)
+    assert again.returncode == 0, again.stderr
+    assert f"trial {running[0]} (resumed from a dead worker)" in again.stdout
+    assert "running" not in again.stdout.split("study 'k'")[1].split("\n")[0]
+    study = optuna.load_study(study_name="k", storage=storage)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE"]
+    _check_each_trial_ran_once(study, store, trials=2, epochs=epochs)
+
+
+def _safe_runs(store: Path, experiment: str) -> list[dict]:
+    try:
+        return _runs(store, experiment)
+    except sqlite3.OperationalError:  # not created yet
+        return []

@@ -1,8 +1,6 @@
 import base64
 import re
 
-import pytest
-
 from dropkit.lab.report import batchnorm, plots
 from dropkit.lab.report.claims import (
     MIXED,

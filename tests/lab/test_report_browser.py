@@ -22,8 +22,8 @@ from dropkit.lab.cli import app
 from dropkit.lab.config import build_config
 from dropkit.lab.report.html import write_report
 from dropkit.lab.report.plots import PAGE_WIDTH
+from dropkit.lab.run import run_experiment
 from dropkit.lab.store import open_store
-from dropkit.lab.sweep import run_experiment
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

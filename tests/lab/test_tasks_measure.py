@@ -1,4 +1,3 @@
-import types
 
 import pytest
 import torch
@@ -83,20 +82,27 @@ def test_bn_variance_shift_sees_dropout_before_batchnorm():
         assert layer["after_dropout"] is True  # structural: a Dropout(0) still sits there
 
 
-def test_adapter_uses_the_library_when_present_and_says_why_when_not(monkeypatch):
+def test_library_is_called_directly_and_its_bugs_fail_loudly(monkeypatch):
     task, data, model = _fitted(0.5)
     real = measure._library_co_adaptation(model, data.x_test)
     expected = dropkit.analysis.co_adaptation(model, model.hidden, data.x_test)
     assert real["mean_abs_correlation"] == pytest.approx(expected.mean_abs_correlation)
     assert real["effective_rank"] == pytest.approx(expected.effective_rank)
     assert 0.0 <= real["fraction_inactive"] <= 1.0
-    fake = types.ModuleType("dropkit.analysis")
-    monkeypatch.setitem(__import__("sys").modules, "dropkit.analysis", fake)
-    result = measure._library_co_adaptation(model, data.x_test)
-    assert "AttributeError" in result["not_measured"]
-    monkeypatch.setitem(__import__("sys").modules, "dropkit.analysis", None)
+
+    def broken(*args, **kwargs):
+        raise TypeError("bug in co_adaptation")
+
+    # A bug (or a changed signature) is an error, never a "not measured" note in a report.
+    with monkeypatch.context() as patch:
+        patch.setattr(dropkit.analysis, "co_adaptation", broken)
+        with pytest.raises(TypeError, match="bug in co_adaptation"):
+            measure._library_co_adaptation(model, data.x_test)
+    # "Not measured" only for a reason the report states: here, no .hidden block.
+    monkeypatch.setattr(measure, "_feature_layer", lambda model: None)
     assert measure._library_co_adaptation(model, data.x_test) == {
-        "not_measured": "dropkit.analysis not available"}
-    # Without dropkit.analysis the lab's own ablation curve still measures robustness.
+        "not_measured": "the model has no .hidden block feeding its head"}
+    # Without a .hidden block the lab's own ablation curve (on the head's input) measures.
     curve = measure._library_ablation(task, model, data, seed=0)
-    assert "source" not in curve and len(curve["metric"]) == len(measure.ABLATION_FRACTIONS)
+    assert "no .hidden block" in curve["source"]
+    assert len(curve["metric"]) == len(measure.ABLATION_FRACTIONS)

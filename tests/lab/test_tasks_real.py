@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 
 import dropkit
 from dropkit.lab.cli import app
-from dropkit.lab.config import ConfigError, build_config
+from dropkit.lab.config import ConfigError, RunConfig, build_config
+from dropkit.lab.run import run_experiment
 from dropkit.lab.store import open_store
-from dropkit.lab.sweep import run_experiment
 from dropkit.lab.tasks import UnknownTaskError, get_task, make_dropout
 from dropkit.lab.tasks.language import windows
-from dropkit.lab.train import RunConfig, train_run
+from dropkit.lab.train import train_run
 from tests.conftest import require_shared
 from tests.lab.datasets.test_datasets_fsdd import make_fsdd
 from tests.lab.datasets.test_datasets_idx import make_mnist_dir, publish_fixture_md5

@@ -1,9 +1,11 @@
 """dropkit lab: train with and without dropout on real tasks, record every run, report the claims.
 
-Layers (each its own module): ``tasks`` (data + model), ``train`` (the loop),
-``store`` (persistence), ``sweep`` (the grid), ``measure`` (end-of-run
-measurements and the adapter to optional dropkit modules), ``summary``
-(aggregation), ``report`` (HTML), ``cli`` (command line).
+Layers (each its own module): ``tasks`` (data + model), ``config`` (experiment
+and run configs), ``train`` (the loop), ``store`` (persistence), ``pipeline``
+(plan, claim, train, measure, finish), driven by ``run`` (the grid), ``ddp``
+(data-parallel) and ``sweep`` (Optuna), ``measure`` (end-of-run measurements,
+the seam to the library), ``summary`` (aggregation), ``report`` (HTML), ``cli``
+(command line), ``uci`` (the UCI benchmark).
 """
 
 

@@ -137,12 +137,31 @@ def _store_path(store: Optional[Path]) -> Path:
 
 
 def _open_existing(store: Optional[Path]):
-    from dropkit.lab.store import open_store
+    """The store for a read-only command: opened ``mode=ro``, so it works on a file the user
+    may not write and never changes it."""
+    from dropkit.lab.store import StoreError, open_store
 
     path = _store_path(store)
     if not path.exists():
         _fail(f"no run store at {str(path)!r}; run `dropkit lab run TASK` first or pass --store")
-    return open_store(path)
+    try:
+        return open_store(path, read_only=True)
+    except StoreError as error:
+        _fail(str(error))
+
+
+def _open_for_writing(path: Path):
+    from dropkit.lab.store import StoreError, open_store
+
+    try:
+        handle = open_store(path)
+    except StoreError as error:
+        _fail(str(error))
+    if handle.migrated_from is not None:
+        _errors.print(f"note: upgraded run store {path} from schema {handle.migrated_from} to "
+                      "1 (added the claims table: which process trains which run)",
+                      highlight=False)
+    return handle
 
 
 def _experiment(handle, name: str):
@@ -208,9 +227,9 @@ def run(
     from dropkit.lab.ddp import launched_by_torchrun, run_experiment_ddp
     from dropkit.lab.errors import LabError
     from dropkit.lab.report.table import comparison_table
-    from dropkit.lab.store import ConfigConflictError, open_store
+    from dropkit.lab.run import run_experiment
+    from dropkit.lab.store import ConfigConflictError, StoreError
     from dropkit.lab.summary import summarise
-    from dropkit.lab.sweep import run_experiment
 
     try:
         experiment_config = build_config(
@@ -232,23 +251,27 @@ def run(
         if data_parallel:
             try:
                 result = run_experiment_ddp(path, experiment_config, ddp)
-            except (ConfigError, ConfigConflictError, LabError) as error:
+            except (ConfigError, ConfigConflictError, StoreError, LabError) as error:
                 _fail(str(error))
             if result is None:
                 return  # a torchrun rank other than 0: rank 0 reports
-        with open_store(path) as handle:
+        with _open_for_writing(path) as handle:
             existing = handle.get_experiment(experiment_config.name)
             if existing is not None and existing.task != experiment_config.task:
-                _fail(f"experiment {experiment_config.name!r} exists for task "
-                      f"{existing.task!r}, not {experiment_config.task!r}; choose another --name")
+                _fail(f"experiment {experiment_config.name!r} exists for task {existing.task!r}, "
+                      f"not {experiment_config.task!r}; choose another --name")
             try:
                 if not data_parallel:
                     result = run_experiment(handle, experiment_config, show_progress=progress)
-            except (ConfigConflictError, LabError) as error:
+            except (ConfigConflictError, StoreError, LabError) as error:
                 _fail(str(error))
+            others = ""
+            if result.finished_elsewhere or result.taken_over:
+                others = (f" ({len(result.finished_elsewhere)} finished by another writer "
+                          f"meanwhile, {len(result.taken_over)} taken over from dead writers)")
             _console.print(
                 f"store {path}: trained {len(result.trained)}, resumed {len(result.resumed)}, "
-                f"already finished {len(result.skipped)} run(s) in {result.seconds:.1f} s",
+                f"already finished {len(result.skipped)} run(s) in {result.seconds:.1f} s{others}",
                 highlight=False,
             )
             experiment = handle.get_experiment(experiment_config.name)
@@ -297,7 +320,8 @@ def sweep(
     """Search dropout variant and rate with Optuna (TPE, median pruning); trials are lab runs."""
     from dropkit.lab.config import ConfigError, build_config
     from dropkit.lab.errors import LabError
-    from dropkit.lab.optuna_sweep import (
+    from dropkit.lab.store import StoreError
+    from dropkit.lab.sweep import (
         StudyConfig,
         SweepError,
         default_storage,
@@ -327,7 +351,7 @@ def sweep(
         with _interruptible(path):
             _check_data(experiment_config)
             summary = run_sweep(path, study_config, workers=workers, verbose=progress)
-    except (ConfigError, SweepError, LabError) as error:
+    except (ConfigError, SweepError, StoreError, LabError) as error:
         _fail(redact(str(error), storage))
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary["counts"].items()))
     _console.print(
@@ -339,9 +363,7 @@ def sweep(
         _console.print(f"best trial {best['number']}: {best['params']} -> "
                        f"{study_config.metric} {best['value']:.4g}", highlight=False)
     if report is not None:
-        from dropkit.lab.store import open_store
-
-        with open_store(path) as handle:
+        with _open_existing(path) as handle:
             _write_report(handle, handle.get_experiment(study_config.name), report)
 
 
@@ -480,10 +502,10 @@ def tasks(
 def uci(ctx: typer.Context) -> None:
     """The UCI regression benchmark of MC dropout (Gal & Ghahramani 2016) vs published numbers.
 
-    Options are those of python -m dropkit.uci (see dropkit lab uci --help): they are
-    passed through, so the two commands cannot drift apart.
+    Options are those of the benchmark's own parser (see dropkit lab uci --help); python -m
+    dropkit.uci is an alias of this command.
     """
-    from dropkit import uci as benchmark
+    from dropkit.lab import uci as benchmark
 
     try:
         code = benchmark.main(ctx.args, prog="dropkit lab uci")

@@ -28,20 +28,19 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from dropkit.functional import validate_p
 from dropkit.lab.tasks import VARIANTS, UnknownTaskError, get_task
-from dropkit.lab.train import RunConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["ConfigError", "ExperimentConfig", "build_config", "load_toml"]
+__all__ = ["ConfigError", "ExperimentConfig", "RunConfig", "build_config", "load_toml"]
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "experiment": ("name", "task", "variants", "rates", "seeds"),
@@ -53,6 +52,50 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
 
 class ConfigError(ValueError):
     """A bad experiment config; the message names the value and what was expected."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's result; stored verbatim with it.
+
+    One run, however it is driven: a grid point of ``dropkit lab run``, the same
+    trained data-parallel on ``ddp`` processes (``--ddp``), or trial ``trial`` of the
+    Optuna study ``study`` (``dropkit lab sweep``). The optional fields are left out
+    of :meth:`to_dict` and :attr:`key` when unset, so stores written before they
+    existed keep their keys and configs.
+    """
+
+    task: str
+    variant: str
+    p: float
+    seed: int
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    ddp: Optional[int] = None
+    study: Optional[str] = None
+    trial: Optional[int] = None
+
+    @property
+    def key(self) -> str:
+        """The run's name in its experiment, the one format for every driver:
+        ``[trial=NNNN/]<variant>/p=<p>/seed=<seed>[/ddp=<N>]``."""
+        key = f"{self.variant}/p={self.p:g}/seed={self.seed}"
+        if self.trial is not None:
+            key = f"trial={self.trial:04d}/{key}"
+        if self.ddp is not None:
+            key = f"{key}/ddp={self.ddp}"
+        return key
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items()
+                if v is not None or k not in ("ddp", "study", "trial")}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -72,12 +115,13 @@ class ExperimentConfig:
     mc_samples: int
     data_dir: Optional[str]
 
-    def runs(self) -> list[RunConfig]:
-        """One :class:`RunConfig` per grid point, in a stable order."""
+    def runs(self, ddp: Optional[int] = None) -> list[RunConfig]:
+        """One :class:`RunConfig` per grid point, in a stable order (``ddp``: its world size)."""
         return [
             RunConfig(
                 task=self.task, variant=variant, p=p, seed=seed, epochs=self.epochs,
                 batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                ddp=ddp,
             )
             for variant in self.variants
             for p in self.rates

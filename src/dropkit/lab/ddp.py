@@ -24,8 +24,10 @@ What each step does, and why the result is sound:
 * DDP all-reduces gradients, so replicas stay identical; after every epoch the
   ranks compare parameters (all-reduce of max and min) and the largest
   difference is recorded with the run (``ddp.replica_max_abs_diff``).
-* Only rank 0 touches the run store (epochs, checkpoints, measurements); it
-  broadcasts what it read (resume checkpoint) to the other ranks.
+* Only rank 0 touches the run store (claims, epochs, checkpoints,
+  measurements); every rank drives the same
+  :func:`dropkit.lab.pipeline.run_grid`, and rank 0 broadcasts what the store
+  decided (the plan, each run's claim and resume checkpoint) to the others.
 """
 
 from __future__ import annotations
@@ -44,12 +46,11 @@ import torch.distributed as dist
 from torch import nn
 
 from dropkit.distributed import RNGTracker
-from dropkit.lab import measure
-from dropkit.lab.config import ConfigError, ExperimentConfig
-from dropkit.lab.store import ConfigConflictError, open_store
-from dropkit.lab.sweep import SweepResult, _save_model
+from dropkit.lab.config import ConfigError, ExperimentConfig, RunConfig
+from dropkit.lab.pipeline import GridResult, plan, run_grid
+from dropkit.lab.store import open_store
 from dropkit.lab.tasks import Task, TaskData, get_task
-from dropkit.lab.train import RunConfig, _checkpoint, _restore, epoch_metrics
+from dropkit.lab.train import _checkpoint, _restore, epoch_metrics
 
 __all__ = ["launched_by_torchrun", "run_experiment_ddp", "torchrun_rank"]
 
@@ -92,14 +93,6 @@ def _device(backend: str) -> torch.device:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
-
-
-def run_key(run: RunConfig, world_size: int) -> str:
-    return f"{run.key}/ddp={world_size}"
-
-
-def _run_config(run: RunConfig, world_size: int) -> dict:
-    return {**run.to_dict(), "ddp": world_size}
 
 
 def train_run_ddp(
@@ -188,88 +181,28 @@ def _broadcast(value):
 
 
 def _rank_main(store_path: Optional[Path], config: ExperimentConfig, world: int,
-               result_path: Optional[str]) -> Optional[SweepResult]:
-    """One rank's work over the whole grid; rank 0 alone reads and writes the store."""
+               result_path: Optional[str]) -> Optional[GridResult]:
+    """One rank's pass over the grid; rank 0 alone reads and writes the store."""
     rank = dist.get_rank()
-    backend = dist.get_backend()
-    device = _device(backend)
+    device = _device(dist.get_backend())
     task = get_task(config.task)
     data = task.load(None if config.data_dir is None else Path(config.data_dir))
     torch.set_num_threads(config.threads)
     store = open_store(store_path) if rank == 0 else None
-    result = SweepResult(0)
-    start = time.perf_counter()
     try:
-        plan = None
-        if rank == 0:
-            plan, error = None, None
-            try:
-                plan = _plan(store, config, world, result)
-            except ConfigConflictError as conflict:
-                error = str(conflict)
-            _broadcast(error)
-            if error is not None:
-                raise ConfigConflictError(error)
-        else:
-            error = _broadcast(None)
-            if error is not None:
-                raise ConfigConflictError(error)
-        count = _broadcast(None if plan is None else len(plan))
-        for index in range(count):
-            item = _broadcast(plan[index] if rank == 0 else None)
-            run = RunConfig(**item["run"])
-
-            def on_epoch(epoch, metrics, blob, run_id=item["run_id"]):
-                store.log_epoch(run_id, epoch, metrics, blob)
-
-            model, facts = train_run_ddp(
-                task, data, run, device=device, checkpoint=item["checkpoint"],
-                on_epoch=on_epoch if rank == 0 else None,
-            )
-            if rank == 0:
-                model = model.cpu()
-                measurements = measure.final_measurements(
-                    task, model, data, seed=run.seed, mc_samples=config.mc_samples
-                )
-                measurements["ddp"] = facts
-                path = _save_model(model, store.artefact_dir(item["run_id"]))
-                store.finish_run(item["run_id"], measurements, {"model": str(path)})
-            dist.barrier()
-        result.seconds = time.perf_counter() - start
+        result = run_grid(
+            store, config, task, ddp=world, load=lambda: data, share=_broadcast,
+            train=lambda task, data, run, **kw: train_run_ddp(task, data, run, device=device,
+                                                               **kw),
+            extra=lambda facts: {"ddp": facts},
+        )
+        dist.barrier()
         if rank == 0 and result_path is not None:
             Path(result_path).write_text(json.dumps(dataclasses.asdict(result)))
         return result if rank == 0 else None
     finally:
         if store is not None:
             store.close()
-
-
-def _plan(store, config: ExperimentConfig, world: int, result: SweepResult) -> list[dict]:
-    """Rank 0: which runs to train (resuming where a checkpoint allows), like the grid does."""
-    existing = store.get_experiment(config.name)
-    wanted = {**config.to_dict(), "ddp": world}
-    if existing is not None and existing.config.get("ddp") != world:
-        raise ConfigConflictError(
-            f"experiment {config.name!r} was trained with ddp={existing.config.get('ddp')}, "
-            f"not {world}; choose another --name"
-        )
-    experiment = store.ensure_experiment(config.name, config.task, wanted)
-    result.experiment_id = experiment.id
-    plan = []
-    for run in config.runs():
-        key = run_key(run, world)
-        record = store.ensure_run(experiment.id, key, _run_config(run, world))
-        if record.status == "finished":
-            result.skipped.append(key)
-            continue
-        saved = store.checkpoint(record.id)
-        if saved is None or saved[0] != len(store.epochs(record.id)):
-            store.restart_run(record.id)
-            saved = None
-        (result.resumed if saved else result.trained).append(key)
-        plan.append({"run": run.to_dict(), "run_id": record.id,
-                     "checkpoint": None if saved is None else saved[1]})
-    return plan
 
 
 def _quiesce() -> None:
@@ -300,7 +233,7 @@ def _spawned(rank: int, port: int, world: int, store_path: str, config: Experime
 
 
 def run_experiment_ddp(store_path: Path, config: ExperimentConfig,
-                       world_size: Optional[int]) -> Optional[SweepResult]:
+                       world_size: Optional[int]) -> Optional[GridResult]:
     """Train ``config``'s grid data-parallel; returns the result on rank 0 (or the launcher).
 
     Under torchrun this process is one rank and ``world_size`` may be ``None``;
@@ -323,7 +256,7 @@ def run_experiment_ddp(store_path: Path, config: ExperimentConfig,
     # Check for conflicts here, where an error can still be a clean message, before
     # any rank starts (rank 0 plans again: the store may change in between).
     with open_store(store_path) as store:
-        _plan(store, config, world_size, SweepResult(0))
+        plan(store, config, ddp=world_size)
 
     with tempfile.TemporaryDirectory() as folder:
         result_path = os.path.join(folder, "result.json")
@@ -331,4 +264,4 @@ def run_experiment_ddp(store_path: Path, config: ExperimentConfig,
             _spawned, args=(_free_port(), world_size, str(store_path), config, result_path),
             nprocs=world_size, join=True, start_method="spawn",
         )
-        return SweepResult(**json.loads(Path(result_path).read_text()))
+        return GridResult(**json.loads(Path(result_path).read_text()))

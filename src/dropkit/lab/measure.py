@@ -1,4 +1,4 @@
-"""Final measurements of a trained run, and the ONE adapter to dropkit's optional modules.
+"""Final measurements of a trained run, and the ONE seam between the lab and the library.
 
 Measured here directly, on the lab's own models:
 
@@ -12,24 +12,27 @@ Measured here directly, on the lab's own models:
   variance it normalises with (running, learnt with dropout on) over the
   variance its input has at test time (dropout off).
 
-Delegated to library modules that may not exist yet (``dropkit.analysis``,
-``dropkit.check``, ``dropkit.mc``, ``dropkit.metrics``): every such call lives
-in the ``_library_*`` functions below, so a renamed API is fixed here only.
-When a module or name is missing the measurement is recorded as
-``{"not_measured": "<why>"}`` and the report says so.
+Delegated to the library (``dropkit.analysis``, ``dropkit.check``,
+``dropkit.mc``, ``dropkit.metrics``), imported by name: every such call lives
+in the ``_library_*`` functions below, so a renamed API is fixed here only,
+and a bug in either side fails loudly instead of becoming a note in a report.
+A measurement is recorded as ``{"not_measured": "<why>"}`` only for a reason
+the report can state (the model has no ``.hidden`` block, no active dropout).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from dropkit import analysis, mc, metrics
+from dropkit.check import check as check_model
+from dropkit.check import variance_shift
 from dropkit.lab.tasks import Task, TaskData
 
 __all__ = [
@@ -211,23 +214,7 @@ def bn_variance_shift(model: nn.Module, x: Tensor) -> list[dict]:
     return result
 
 
-# --- adapter to optional dropkit modules -------------------------------------------
-
-
-def _optional(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
-
-
-def _attempt(what: str, call: Callable[[], Any]) -> Any:
-    # The library modules are written in parallel; a name or signature that does not
-    # match yet becomes an explicit "not measured" rather than a crash or a fake number.
-    try:
-        return call()
-    except (AttributeError, TypeError, NotImplementedError) as error:
-        return not_measured(f"{what} failed: {type(error).__name__}: {error}")
+# --- the library, imported by name -------------------------------------------------
 
 
 def _plain(value: Any) -> Any:
@@ -257,91 +244,61 @@ def _feature_layer(model: nn.Module) -> Any:
 
 
 def _library_co_adaptation(model: nn.Module, x: Tensor) -> dict:
-    analysis = _optional("dropkit.analysis")
-    if analysis is None:
-        return not_measured("dropkit.analysis not available")
     layer = _feature_layer(model)
     if layer is None:
         return not_measured("the model has no .hidden block feeding its head")
-
-    def measure() -> dict:
-        # unit_dim=-1: units are the last dimension for dense (N, H) and sequence (N, T, H).
-        stats = analysis.co_adaptation(model, layer, x, unit_dim=-1, batch_size=_EVAL_BATCH)
-        sparsity = analysis.activation_sparsity(model, layer, x, unit_dim=-1,
-                                                batch_size=_EVAL_BATCH)
-        return _plain({
-            "mean_abs_correlation": stats.mean_abs_correlation,
-            "effective_rank": stats.effective_rank,
-            "dead_units": stats.dead_units,
-            "fraction_inactive": sparsity.fraction_inactive,
-            "mean_activation": sparsity.mean_activation,
-        })
-
-    return _attempt("dropkit.analysis.co_adaptation / activation_sparsity", measure)
+    # unit_dim=-1: units are the last dimension for dense (N, H) and sequence (N, T, H).
+    stats = analysis.co_adaptation(model, layer, x, unit_dim=-1, batch_size=_EVAL_BATCH)
+    sparsity = analysis.activation_sparsity(model, layer, x, unit_dim=-1,
+                                            batch_size=_EVAL_BATCH)
+    return _plain({
+        "mean_abs_correlation": stats.mean_abs_correlation,
+        "effective_rank": stats.effective_rank,
+        "dead_units": stats.dead_units,
+        "fraction_inactive": sparsity.fraction_inactive,
+        "mean_activation": sparsity.mean_activation,
+    })
 
 
 def _library_ablation(task: Task, model: nn.Module, data: TaskData, seed: int) -> dict:
     """Unit ablation by ``dropkit.analysis.ablation_curve`` on ``model.hidden``; the lab's own
-    :func:`ablation_curve` (the same measurement on ``model.head``'s input) when that fails."""
-    analysis, layer = _optional("dropkit.analysis"), _feature_layer(model)
-    if analysis is None or layer is None:
-        return ablation_curve(task, model, data, seed=seed)
-
-    def measure() -> dict:
-        curve = analysis.ablation_curve(
-            model, layer, (data.x_test, data.y_test), ABLATION_FRACTIONS, trials=5, seed=seed,
-            metric=lambda outputs, targets: task.score(outputs, targets, data.y_scale),
-            unit_dim=-1, batch_size=_EVAL_BATCH,
-        )
-        return {
-            "fractions": curve.fractions.tolist(), "metric": curve.mean.tolist(),
-            "std": curve.std.tolist(), "area": curve.area,
-            "source": "dropkit.analysis.ablation_curve",
-        }
-
-    result = _attempt("dropkit.analysis.ablation_curve", measure)
-    return ablation_curve(task, model, data, seed=seed) if "not_measured" in result else result
+    :func:`ablation_curve` (the same measurement on ``model.head``'s input) for a model
+    without a ``.hidden`` block."""
+    layer = _feature_layer(model)
+    if layer is None:
+        return {**ablation_curve(task, model, data, seed=seed),
+                "source": "dropkit.lab.measure.ablation_curve (no .hidden block)"}
+    curve = analysis.ablation_curve(
+        model, layer, (data.x_test, data.y_test), ABLATION_FRACTIONS, trials=5, seed=seed,
+        metric=lambda outputs, targets: task.score(outputs, targets, data.y_scale),
+        unit_dim=-1, batch_size=_EVAL_BATCH,
+    )
+    return {
+        "fractions": curve.fractions.tolist(), "metric": curve.mean.tolist(),
+        "std": curve.std.tolist(), "area": curve.area,
+        "source": "dropkit.analysis.ablation_curve",
+    }
 
 
 def _library_variance_shift(model: nn.Module, x: Tensor, layers: list[dict]) -> list[dict]:
     """Adds ``dropkit.check.variance_shift``'s per-layer shift (mean over channels of
     max(r, 1/r), Li et al., 2019) to the lab's own ratios, as ``library_shift``."""
-    check = _optional("dropkit.check")
-    if check is None or not layers:
+    if not layers:
         return layers
-    shifts = _attempt("dropkit.check.variance_shift", lambda: check.variance_shift(model, x))
-    if not isinstance(shifts, dict) or "not_measured" in shifts:
-        return layers
-    return [{**layer, "library_shift": _plain(shifts.get(layer["layer"]))} for layer in layers]
+    shifts = variance_shift(model, x)
+    return [{**layer, "library_shift": _plain(shifts[layer["layer"]])} for layer in layers]
 
 
-def _library_check(model: nn.Module, example: Tensor) -> Any:
-    dropkit = importlib.import_module("dropkit")
-    check = getattr(dropkit, "check", None)
-    if check is None:
-        return not_measured("dropkit.check not available")
-
-    def findings() -> list[dict]:
-        return [
-            {
-                "severity": str(getattr(f, "severity", "")),
-                "code": str(getattr(f, "code", "")),
-                "module": str(getattr(f, "module", "")),
-                "message": str(getattr(f, "message", f)),
-                "fix": str(getattr(f, "fix", "")),
-            }
-            for f in check(model, example)
-        ]
-
-    return _attempt("dropkit.check", findings)
+def _library_check(model: nn.Module, example: Tensor) -> list[dict]:
+    return [
+        {"severity": str(f.severity), "code": str(f.code), "module": str(f.module),
+         "message": str(f.message), "fix": str(f.fix)}
+        for f in check_model(model, example)
+    ]
 
 
 def _library_uncertainty(task: Task, model: nn.Module, data: TaskData, samples: int, seed: int,
                          tau: float) -> dict:
-    mc, metrics = _optional("dropkit.mc"), _optional("dropkit.metrics")
-    if mc is None or metrics is None:
-        missing = [n for n, m in (("dropkit.mc", mc), ("dropkit.metrics", metrics)) if m is None]
-        return not_measured(f"{' and '.join(missing)} not available")
     model.eval()
 
     def classification() -> dict:
@@ -381,8 +338,7 @@ def _library_uncertainty(task: Task, model: nn.Module, data: TaskData, samples: 
                 mean, variance, data.y_test, level=0.95)),
         }
 
-    what = "dropkit.mc.predict / dropkit.metrics"
-    return _attempt(what, classification if task.kind == "classification" else regression)
+    return classification() if task.kind == "classification" else regression()
 
 
 # --- everything for one finished run -------------------------------------------------

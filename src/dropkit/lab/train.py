@@ -22,36 +22,15 @@ import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from dropkit.lab.config import RunConfig
 from dropkit.lab.tasks import Task, TaskData
 
-__all__ = ["RunConfig", "evaluate", "select_epoch", "selection_key", "train_run"]
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines a run's result; stored verbatim with it."""
-
-    task: str
-    variant: str
-    p: float
-    seed: int
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-
-    @property
-    def key(self) -> str:
-        return f"{self.variant}/p={self.p:g}/seed={self.seed}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["evaluate", "select_epoch", "selection_key", "train_run"]
 
 
 EpochCallback = Callable[[int, dict, bytes], None]

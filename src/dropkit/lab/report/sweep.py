@@ -1,7 +1,7 @@
 """The report's sweep section: best rate per variant, parameter importance, every trial.
 
 It reads the study snapshot that ``dropkit lab sweep`` workers keep beside the
-run store (:func:`dropkit.lab.optuna_sweep.write_snapshot`), so the report needs
+run store (:func:`dropkit.lab.sweep.write_snapshot`), so the report needs
 no connection to the study's storage and shows the trials of every machine.
 """
 
@@ -24,7 +24,7 @@ def load_snapshot(store: RunStore, experiment: ExperimentRecord) -> Optional[dic
     """The latest study snapshot of a sweep experiment, or ``None`` (grid experiment / none yet)."""
     if "sweep" not in experiment.config or not hasattr(store, "path"):
         return None
-    from dropkit.lab.optuna_sweep import snapshot_path
+    from dropkit.lab.store import snapshot_path
 
     path: Path = snapshot_path(store, experiment)
     if not path.is_file():

@@ -1,10 +1,10 @@
 """The UCI regression benchmark of MC dropout (Gal & Ghahramani, 2016) as lab tasks.
 
-One task per data set of :data:`dropkit.uci.DATASETS` (``uci-boston``, ``uci-yacht``,
-...), read by :func:`dropkit.uci.load_uci`, on the benchmark's split 0. The net is the
+One task per data set of :data:`dropkit.lab.uci.DATASETS` (``uci-boston``, ``uci-yacht``,
+...), read by :func:`dropkit.lab.uci.load_uci`, on the benchmark's split 0. The net is the
 benchmark's (one hidden layer, dropout on the input and on the hidden layer), trained
 by the lab's loop at the lab's rates; the report's MC section gives the predictive
-log-likelihood, RMSE and interval coverage. ``python -m dropkit.uci`` runs the full
+log-likelihood, RMSE and interval coverage. ``dropkit lab uci`` runs the full
 protocol (20 splits, grid search over rate and tau) when published-comparable numbers
 are wanted.
 """
@@ -31,7 +31,7 @@ from dropkit.lab.tasks.healthcare import _standardise
 
 __all__ = ["UciNet"]
 
-#: Lab task suffix for each dropkit.uci data set whose folder name is not already one.
+#: Lab task suffix for each UCI data set whose folder name is not already one.
 _TASK_NAMES = {"bostonHousing": "boston"}
 
 
@@ -71,7 +71,7 @@ def _bad_file(folder: Path) -> str:
 
 
 def _root(data_dir: Optional[Path]) -> Path:
-    from dropkit.uci import default_uci_root
+    from dropkit.lab.uci import default_uci_root
 
     if data_dir is None:
         return default_uci_root()
@@ -96,7 +96,7 @@ class UciTask(Task):
         self.dataset = dataset
         self.name = f"uci-{_TASK_NAMES.get(dataset, dataset)}"
         self.description = (
-            f"UCI {dataset} regression (dropkit.uci, split 0 of the MC-dropout benchmark); "
+            f"UCI {dataset} regression (dropkit lab uci, split 0 of the MC-dropout benchmark); "
             "dropout on input and hidden layer of a 1x50 ReLU net; RMSE, MC log-likelihood."
         )
         self._features: Optional[int] = None
@@ -112,7 +112,7 @@ class UciTask(Task):
         )
 
     def load(self, data_dir: Optional[Path], seed: int = 0) -> TaskData:
-        from dropkit.uci import load_uci
+        from dropkit.lab.uci import load_uci
 
         folder = _root(data_dir) / self.dataset
         try:
@@ -143,7 +143,7 @@ class UciTask(Task):
 
 
 def _register_all() -> None:
-    from dropkit.uci import DATASETS
+    from dropkit.lab.uci import DATASETS
 
     for dataset in DATASETS:
         register(UciTask(dataset))

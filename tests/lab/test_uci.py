@@ -1,4 +1,4 @@
-"""dropkit.uci: loader on a generated folder and on the shared data, a quick protocol run."""
+"""dropkit.lab.uci (alias dropkit.uci): the loader, a quick protocol run, the shared data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dropkit import metrics, uci
+from dropkit import metrics
+from dropkit.lab import uci
+from dropkit.lab.uci import cli, model, runner
 from tests.conftest import require_shared
 
 
@@ -83,11 +85,11 @@ def test_quick_protocol_run_resumes(tmp_path):
 def test_mc_scores_match_metrics():
     # The streamed RMSE / log-likelihood equal dropkit.metrics on the same samples.
     generator = torch.Generator().manual_seed(0)
-    net = uci._GridMLP(1, 3, 4, torch.tensor([1.0]), generator)  # keep=1: deterministic
+    net = model._GridMLP(1, 3, 4, torch.tensor([1.0]), generator)  # keep=1: deterministic
     x = torch.randn(7, 3)
     y = np.random.default_rng(1).normal(size=7)
-    rmse, ll, standard = uci._mc_scores(
-        net, x, y, (0.5, 2.0), torch.tensor([3.0]), 5, uci._MaskStream(1)
+    rmse, ll, standard = model._mc_scores(
+        net, x, y, (0.5, 2.0), torch.tensor([3.0]), 5, model._MaskStream(1)
     )
     with torch.no_grad():
         prediction = (net.forward(x.unsqueeze(0), None)[0].double() * 2.0 + 0.5).numpy()
@@ -102,8 +104,8 @@ def test_grid_training_reduces_loss():
     x = torch.randn(256, 3)
     y = x @ torch.tensor([1.0, -1.0, 0.5])
     protocol = uci.UCIProtocol()
-    net, grid = uci._train_grid(
-        x, y, (0.01, 0.05), (1.0,), 16, 150, protocol, generator, uci._MaskStream(0)
+    net, grid = model._train_grid(
+        x, y, (0.01, 0.05), (1.0,), 16, 150, protocol, generator, model._MaskStream(0)
     )
     assert grid == [(0.01, 1.0), (0.05, 1.0)]
     with torch.no_grad():
@@ -116,7 +118,7 @@ def test_hand_derived_gradients_equal_autograd():
     # The same Philox masks, re-drawn from the same (seed, offset) pairs, under autograd.
     groups, inputs, hidden, batch = 4, 3, 5, 7
     keep = torch.tensor([0.5, 0.5, 0.9, 1.0])
-    net = uci._GridMLP(groups, inputs, hidden, keep, torch.Generator().manual_seed(0))
+    net = model._GridMLP(groups, inputs, hidden, keep, torch.Generator().manual_seed(0))
     reference = [p.clone().requires_grad_() for p in net.parameters()]
     x, y = torch.randn(batch, inputs), torch.randn(batch)
     decay = torch.tensor([0.1, 0.2, 0.3, 0.4])
@@ -125,8 +127,8 @@ def test_hand_derived_gradients_equal_autograd():
         def step(self) -> None:
             pass
 
-    net.step(x, y, decay, uci._MaskStream(123), NoStep())
-    replay = uci._MaskStream(123)
+    net.step(x, y, decay, model._MaskStream(123), NoStep())
+    replay = model._MaskStream(123)
     input_mask = net._drop_(torch.ones(groups, batch, inputs), replay)
     hidden_mask = net._drop_(torch.ones(groups, batch, hidden), replay)
     assert (input_mask[:2] == 0).any() and (input_mask[3] == 1).all()  # keep=1 drops nothing
@@ -142,7 +144,7 @@ def test_hand_derived_gradients_equal_autograd():
 def test_flat_adam_is_torch_adam():
     params, grad = torch.randn(40), torch.zeros(40)
     theirs = params.clone().requires_grad_()
-    mine = uci._Adam(params, grad, lr=1e-2, eps=1e-7)
+    mine = model._Adam(params, grad, lr=1e-2, eps=1e-7)
     optimiser = torch.optim.Adam([theirs], lr=1e-2, eps=1e-7)
     for _ in range(50):
         step_grad = torch.randn(40)
@@ -159,14 +161,14 @@ def test_winner_is_refit_on_the_whole_training_set(tmp_path, monkeypatch):
     _write_dataset(tmp_path / "data")
     dataset = uci.load_uci("toy", tmp_path / "data")
     calls = []
-    train_grid = uci._train_grid
+    train_grid = model._train_grid
 
     def recording(x, y, rates, taus, *args):
         moments = float(y.mean()), float(y.std(unbiased=False))
         calls.append((x.shape[0], tuple(rates), tuple(taus), *moments))
         return train_grid(x, y, rates, taus, *args)
 
-    monkeypatch.setattr(uci, "_train_grid", recording)
+    monkeypatch.setattr(runner, "_train_grid", recording)
     protocol = uci.UCIProtocol(epochs_multiplier=1, samples=4, val_samples=4)
     result = uci.run_split(dataset, 0, protocol)
     train, _ = dataset.split(0)
@@ -178,10 +180,10 @@ def test_winner_is_refit_on_the_whole_training_set(tmp_path, monkeypatch):
 
 
 def test_cli_arguments():
-    assert uci._parse_splits("0-2,5") == [0, 1, 2, 5]
-    assert uci._parse_splits("all") is None
+    assert cli._parse_splits("0-2,5") == [0, 1, 2, 5]
+    assert cli._parse_splits("all") is None
     with pytest.raises(Exception, match="runs backwards"):
-        uci._parse_splits("4-1")
+        cli._parse_splits("4-1")
     with pytest.raises(ValueError, match="samples must be an int >= 1"):
         uci.UCIProtocol(samples=0)
 
@@ -212,3 +214,24 @@ def test_summary_table_marks_agreement():
     assert row["splits"] == 4 and row["rmse_ok"] is True  # better than published
     assert row["ll_ok"] is False  # 0.05 worse with ~0.01 standard error
     assert "| yacht | 4 |" in uci.format_table([row])
+
+
+def test_alias_module_and_no_path_outside_the_package(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    import dropkit.uci as alias
+    from dropkit.lab.uci import loader
+
+    assert alias.load_uci is uci.load_uci and alias.main is uci.main
+    for variable in ("DROPKIT_UCI_DIR", "DROPKIT_SHARED_DATA", "DROPKIT_DATA"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    package = Path(loader.__file__).resolve().parents[3]  # the source tree's root
+    root = uci.default_uci_root()
+    assert package not in root.resolve().parents and root.name == "uci"
+    monkeypatch.setenv("DROPKIT_DATA", str(tmp_path / "data"))
+    assert uci.default_uci_root() == tmp_path / "data" / "uci"
+    shown = subprocess.run([sys.executable, "-m", "dropkit.uci", "--help"], capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0 and "usage: python -m dropkit.uci" in shown.stdout
