@@ -21,11 +21,11 @@ from torch import nn
 
 from dropkit._layers import (
     ModuleTypes,
-    _display_name,
-    _dropout_layers,
-    _has_settable_p,
-    _validate_model,
-    _validate_types,
+    display_name,
+    dropout_layers,
+    has_settable_p,
+    validate_model,
+    validate_types,
 )
 from dropkit.functional import validate_p
 
@@ -220,7 +220,7 @@ def convert(model: nn.Module, *, inplace: bool = False) -> Conversion:
         >>> model = result.model
         >>> print(result)   # converted 3 module(s), skipped 0 ...
     """
-    model = _validate_model(model, "convert")
+    model = validate_model(model, "convert")
     if not isinstance(inplace, bool):
         raise TypeError(f"convert: inplace has to be a bool, but got {inplace!r}")
     if not inplace:
@@ -235,10 +235,10 @@ def convert(model: nn.Module, *, inplace: bool = False) -> Conversion:
         memo[id(module)] = new
         if new is not None:
             report.changed.append(
-                Change(_display_name(name), _class_path(module), _class_path(new))
+                Change(display_name(name), _class_path(module), _class_path(new))
             )
         elif reason is not None:
-            report.skipped.append(Skipped(_display_name(name), _class_path(module), reason))
+            report.skipped.append(Skipped(display_name(name), _class_path(module), reason))
         return new
 
     root = visit(model, "")
@@ -279,12 +279,12 @@ def set_p(model: nn.Module, p: float, *, types: Optional[ModuleTypes] = None) ->
         >>> dropkit.set_p(model, 0.1)                       # every dropout layer
         >>> dropkit.set_p(model, 0.2, types=nn.Dropout2d)   # only channel dropout
     """
-    model = _validate_model(model, "set_p")
+    model = validate_model(model, "set_p")
     p = validate_p(p)
-    wanted = _validate_types(types, "set_p")
+    wanted = validate_types(types, "set_p")
     changed = []
-    for name, module in _dropout_layers(model, wanted):
-        if _has_settable_p(module):
+    for name, module in dropout_layers(model, wanted):
+        if has_settable_p(module):
             module.p = p
-            changed.append(_display_name(name))
+            changed.append(display_name(name))
     return changed
