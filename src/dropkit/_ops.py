@@ -178,8 +178,10 @@ class _MaskScaleInplaceEager(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_tangent: Tensor, *_):
-        # Forward AD of an in-place op updates the tangent in place too.
+        # Forward AD of an in-place op updates the tangent in place too; the native
+        # kernel writes through a raw pointer, so bump the version torch checks.
         kernels.mask_scale_(x_tangent, *ctx.key)
+        torch.autograd.graph.increment_version(x_tangent)
         return x_tangent
 
     @staticmethod

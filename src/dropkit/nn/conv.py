@@ -33,6 +33,7 @@ class _DropBlockNd(SeedStream, nn.Module):
         batchwise: bool = False,
         share_channels: bool = False,
         scale_by_keep: bool = True,
+        clip_blocks: bool = False,
         seed: Optional[int] = None,
         fixed_mask: bool = False,
         persist_stream: bool = False,
@@ -40,6 +41,7 @@ class _DropBlockNd(SeedStream, nn.Module):
         super().__init__()
         self.p = validate_p(p)
         self.block_size = block_sizes(block_size, self._spatial, type(self).__name__)
+        self.clip_blocks = clip_blocks
         self.inplace = inplace
         self.batchwise = batchwise
         self.share_channels = share_channels
@@ -49,7 +51,7 @@ class _DropBlockNd(SeedStream, nn.Module):
     def extra_repr(self) -> str:
         block = self.block_size[0] if len(set(self.block_size)) == 1 else self.block_size
         extra = f"p={self.p}, block_size={block}"
-        for name in ("inplace", "batchwise", "share_channels"):
+        for name in ("inplace", "batchwise", "share_channels", "clip_blocks"):
             if getattr(self, name):
                 extra += f", {name}=True"
         if not self.scale_by_keep:
@@ -67,6 +69,7 @@ class _DropBlockNd(SeedStream, nn.Module):
             batchwise=self.batchwise,
             share_channels=self.share_channels,
             scale_by_keep=self.scale_by_keep,
+            clip_blocks=self.clip_blocks,
             seed=self.seed,
             offset=self._next_offset() if self.training else 0,
         )
