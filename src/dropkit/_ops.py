@@ -115,14 +115,14 @@ def _vmap_rule(info, in_dims, x, seed, offset, threshold, scale, inplace: bool):
         )
     batched = x.movedim(in_dims[0], 0)
     if info.randomness == "same":
-        mask = _MaskScale.apply(
+        mask = apply(
             torch.ones(batched.shape[1:], dtype=torch.float32, device=x.device),
             seed, offset, threshold, scale,
         )
         # where, not a product, so a dropped inf or NaN is 0 as in the kernel.
         out = torch.where(mask != 0, batched * mask, 0.0).to(x.dtype)
     else:
-        out = _MaskScale.apply(batched, seed, offset, threshold, scale)
+        out = apply(batched, seed, offset, threshold, scale)
     if inplace:
         batched.copy_(out)
         return x, in_dims[0]
@@ -130,10 +130,62 @@ def _vmap_rule(info, in_dims, x, seed, offset, threshold, scale, inplace: bool):
 
 
 class _MaskScale(torch.autograd.Function):
-    """Eager twin of ``dropkit::mask_scale`` (same kernel, same backward).
+    """Eager twin of ``dropkit::mask_scale`` (same kernel, same backward), with a ``jvp``.
 
-    ``setup_context`` style, a ``vmap`` rule and a ``jvp``, so ``torch.func.grad``,
-    ``vmap``, ``jvp`` and ``torch.autograd.forward_ad`` work as with torch's dropout.
+    ``ctx``-style on purpose: ``Function.apply`` binds the arguments with
+    ``inspect.signature`` on every call once a class defines ``setup_context``,
+    about 20 us here, more than the kernel on small activations. The
+    ``setup_context`` twins below serve ``torch.func`` only.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
+        ctx.key = (seed, offset, threshold, scale)
+        return _eager(x, seed, offset, threshold, scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # Through apply again, so that double backward sees the same mask.
+        return apply(grad, *ctx.key), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, *_):
+        # A linear map of x: the tangent gets the same mask.
+        return apply(x_tangent, *ctx.key)
+
+
+class _MaskScaleInplaceEager(torch.autograd.Function):
+    """In-place form of :class:`_MaskScale` (``inplace=True``), same mask and backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
+        kernels.mask_scale_(x, seed, offset, threshold, scale)
+        ctx.mark_dirty(x)
+        ctx.key = (seed, offset, threshold, scale)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return apply(grad, *ctx.key), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, *_):
+        return _tangent_inplace(x_tangent, ctx.key)
+
+
+def _tangent_inplace(x_tangent: Tensor, key: tuple) -> Tensor:
+    # Forward AD of an in-place op updates the tangent in place too; the native
+    # kernel writes through a raw pointer, so bump the version torch checks.
+    kernels.mask_scale_(x_tangent, *key)
+    torch.autograd.graph.increment_version(x_tangent)
+    return x_tangent
+
+
+class _MaskScaleTransformable(torch.autograd.Function):
+    """:class:`_MaskScale` in ``setup_context`` style with a ``vmap`` rule, for ``torch.func``.
+
+    ``torch.func.grad``/``vmap``/``jvp`` need this style; :func:`apply` picks it
+    only while a functorch transform is active.
     """
 
     @staticmethod
@@ -146,21 +198,19 @@ class _MaskScale(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        # Through apply again, so that double backward sees the same mask.
-        return _MaskScale.apply(grad, *ctx.key), None, None, None, None
+        return apply(grad, *ctx.key), None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent: Tensor, *_):
-        # A linear map of x: the tangent gets the same mask.
-        return _MaskScale.apply(x_tangent, *ctx.key)
+        return apply(x_tangent, *ctx.key)
 
     @staticmethod
     def vmap(info, in_dims, x, seed, offset, threshold, scale):
         return _vmap_rule(info, in_dims, x, seed, offset, threshold, scale, inplace=False)
 
 
-class _MaskScaleInplaceEager(torch.autograd.Function):
-    """In-place form of :class:`_MaskScale` (``inplace=True``), same mask and backward."""
+class _MaskScaleInplaceTransformable(torch.autograd.Function):
+    """In-place :class:`_MaskScaleTransformable`."""
 
     @staticmethod
     def forward(x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
@@ -174,15 +224,11 @@ class _MaskScaleInplaceEager(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return _MaskScale.apply(grad, *ctx.key), None, None, None, None
+        return apply(grad, *ctx.key), None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent: Tensor, *_):
-        # Forward AD of an in-place op updates the tangent in place too; the native
-        # kernel writes through a raw pointer, so bump the version torch checks.
-        kernels.mask_scale_(x_tangent, *ctx.key)
-        torch.autograd.graph.increment_version(x_tangent)
-        return x_tangent
+        return _tangent_inplace(x_tangent, ctx.key)
 
     @staticmethod
     def vmap(info, in_dims, x, seed, offset, threshold, scale):
@@ -196,5 +242,8 @@ def apply(
 
     The output keeps ``x``'s memory layout (channels_last, permuted strides).
     """
-    function = _MaskScaleInplaceEager if inplace else _MaskScale
+    if torch._C._are_functorch_transforms_active():
+        function = _MaskScaleInplaceTransformable if inplace else _MaskScaleTransformable
+    else:
+        function = _MaskScaleInplaceEager if inplace else _MaskScale
     return function.apply(x, seed, offset, threshold, scale)

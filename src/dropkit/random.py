@@ -113,6 +113,8 @@ def as_u64(value: int, name: str) -> int:
     Any integral type (``int``, ``numpy.int64``) is accepted; ``bool``, floats and
     strings are refused, so ``seed=True`` or ``seed=1.5`` never silently means 1.
     """
+    if type(value) is int and 0 <= value < _SEED_SPACE:
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int in [0, 2**64), got {value!r}")
     value = int(value)
