@@ -11,7 +11,7 @@ Convention: ``p`` is the probability of *dropping* a unit. The explainer's
 ``r ~ Bernoulli(p)`` notation is about keeping: here ``keep ~ Bernoulli(1 - p)``.
 """
 
-from dropkit.functional.checks import RankError, validate_p
+from dropkit.functional.checks import Mode, RankError, validate_p
 from dropkit.functional.conv import drop_block2d, drop_block3d, drop_block_gamma, drop_path
 from dropkit.functional.learned import concrete_dropout
 from dropkit.functional.noise import gaussian_dropout, gaussian_noise
@@ -48,6 +48,7 @@ __all__ = [
     "gaussian_dropout",
     "gaussian_noise",
     "concrete_dropout",
+    "Mode",
     "RankError",
     "apply_alpha_mask",
     "drop_block_gamma",
