@@ -21,7 +21,9 @@ asks for the old behaviour explicitly: every call reuses the mask of ``(s, 0)``
 (one fixed sub-network, e.g. to compare inputs under one sampled mask).
 
 A seeded module is not meant for activation checkpointing: the recomputation
-is another call and draws the next mask. Leave ``seed=None`` there.
+is another call and draws the next mask. Leave ``seed=None`` there. The buffer
+moves with ``module.to(device)``; on a GPU, reading it in eager mode costs one
+device sync per call (under ``torch.compile`` it stays on the device as data).
 """
 
 from __future__ import annotations
