@@ -11,7 +11,15 @@ with the calling thread's CPU time, which other processes on a shared machine
 do not inflate: the compute overhead alone, without the scheduling noise that
 2-thread wall times carry.
 
-Run: ``python benchmarks/bench_mlp.py`` (``--quick`` for a smoke run).
+``--profile`` prints, instead of timings, torch.profiler's table of the
+dropkit model's training steps at batch 256 (fp32) and the per-call CPU time
+of one dropout forward and forward+backward on a tiny tensor (dispatch cost,
+not kernel), dropkit next to torch: where the overhead that is not the
+kernel goes.
+
+Run: ``python benchmarks/bench_mlp.py`` (``--quick`` for a smoke run). To see
+whether torch's OpenMP workers spinning after a parallel region slow the
+kernel's own threads, compare with ``OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_mlp.py``.
 """
 
 from __future__ import annotations
@@ -78,6 +86,35 @@ def _measure(batch: int, dtype: torch.dtype, steps: int, clock=time.perf_counter
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def _dispatch_us(module: nn.Module, backward: bool, calls: int = 2000) -> float:
+    """CPU microseconds per call on an 8x8 tensor: the fixed cost of one dropout call."""
+    h = torch.randn(8, 8, requires_grad=True) * 1
+    start = time.thread_time()
+    for _ in range(calls):
+        out = module(h)
+        if backward:
+            out.sum().backward(retain_graph=True)
+    return (time.thread_time() - start) / calls * 1e6
+
+
+def _profile(steps: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    generator = torch.Generator().manual_seed(256)
+    inputs = torch.randn(256, 784, generator=generator)
+    targets = torch.randint(0, 10, (256,), generator=generator)
+    step = _step_fn(_mlp(lambda: dropkit.Dropout(0.5)).train(), inputs, targets)
+    for _ in range(3):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    for label, backward in (("forward", False), ("forward+backward", True)):
+        ours = _dispatch_us(dropkit.Dropout(0.5), backward)
+        theirs = _dispatch_us(nn.Dropout(0.5), backward)
+        print(f"{label} per call on 8x8: dropkit {ours:.1f} us, torch {theirs:.1f} us (CPU time)")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,7 +123,14 @@ def main() -> None:
     parser.add_argument(
         "--cpu-time", action="store_true", help="1 thread, CPU time of the calling thread"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="profiler table and per-call dispatch cost"
+    )
     args = parser.parse_args()
+    if args.profile:
+        print(f"load average {loadavg()} | {torch.get_num_threads()} torch threads")
+        _profile(5 if args.quick else args.steps)
+        return
     clock = time.perf_counter
     if args.cpu_time:
         torch.set_num_threads(1)

@@ -26,7 +26,7 @@ import torch
 
 import dropkit
 from dropkit import kernels
-from dropkit.nn.conv import drop_block2d, drop_path
+from dropkit.functional import drop_block2d, drop_path
 
 
 def load_timm_drop():

@@ -6,12 +6,15 @@ behaviour is copied from timm.layers.drop and torchvision.ops); convert()
 recognises peers by class name and package, exactly as it would the originals.
 """
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 import dropkit
 import dropkit.nn
+from tests.nn._peers import timm_drop
 
 
 class DropPath(nn.Module):
@@ -126,30 +129,7 @@ def test_peers_are_converted_or_reported_as_skipped():
         assert "skipped 0.drop_path (timm.layers.drop.DropPath)" in str(result)
 
 
-class _RecordingDropPath(nn.Module):
-    """Test double with the DropPath signature the variants brief fixes:
-    DropPath(p=0.1, *, scale_by_keep=True, seed=None)."""
-
-    def __init__(self, p: float = 0.1, *, scale_by_keep: bool = True, seed=None):
-        super().__init__()
-        self.p, self.scale_by_keep, self.seed = p, scale_by_keep, seed
-
-    def forward(self, x):
-        return x
-
-
-class _RecordingDropBlock2d(nn.Module):
-    def __init__(self, p: float = 0.1, block_size: int = 7, *, batchwise=False, seed=None):
-        super().__init__()
-        self.p, self.block_size, self.batchwise = p, block_size, batchwise
-
-    def forward(self, x):
-        return x
-
-
-def test_peer_mapping_passes_rate_and_options(monkeypatch):
-    monkeypatch.setattr(dropkit.nn, "DropPath", _RecordingDropPath, raising=False)
-    monkeypatch.setattr(dropkit.nn, "DropBlock2d", _RecordingDropBlock2d, raising=False)
+def test_peer_mapping_passes_rate_and_options():
     model = nn.Sequential(
         DropPath(0.25, scale_by_keep=False),
         StochasticDepth(0.3, "row"),
@@ -159,12 +139,142 @@ def test_peer_mapping_passes_rate_and_options(monkeypatch):
     )
     result = dropkit.convert(model, inplace=True)
     assert result.model is model
-    assert (model[0].p, model[0].scale_by_keep) == (0.25, False)
-    assert (model[1].p, model[1].scale_by_keep) == (0.3, True)
-    assert (model[3].p, model[3].block_size) == (0.15, 5)
+    assert (model[0].p, model[0].scale_by_keep, model[0].batchwise) == (0.25, False, False)
+    assert (model[1].p, model[1].scale_by_keep, model[1].batchwise) == (0.3, True, False)
+    # torchvision's mode="batch" is DropPath(batchwise=True), as docs/tools.md says.
+    assert (model[2].p, model[2].batchwise) == (0.3, True)
+    assert (model[3].p, model[3].block_size) == (0.15, (5, 5))
+    # timm's default couple_channels=True is one mask for all channels of a sample.
+    assert model[3].share_channels and model[3].clip_blocks
     skipped = {s.name: s.reason for s in result.skipped}
-    assert "mode='batch'" in skipped["2"] and isinstance(model[2], StochasticDepth)
     assert "with_noise=True" in skipped["4"] and isinstance(model[4], TimmDropBlock2d)
+
+
+# --- converted modules behave like the originals, rule by rule (on outputs) -----------
+
+
+def _torchvision_drop_block(x, p, block_size, eps=1e-6):
+    """torchvision.ops.drop_block2d/3d (0.20), training branch, copied."""
+    spatial = x.dim() - 2
+    feature = x.shape[2:]
+    gamma = p * math.prod(feature) / (
+        block_size**spatial * math.prod(f - block_size + 1 for f in feature)
+    )
+    noise = torch.empty(
+        (*x.shape[:2], *(f - block_size + 1 for f in feature)), dtype=x.dtype
+    ).bernoulli_(gamma)
+    noise = torch.nn.functional.pad(noise, [block_size // 2] * (2 * spatial), value=0)
+    pool = torch.nn.functional.max_pool2d if spatial == 2 else torch.nn.functional.max_pool3d
+    noise = 1 - pool(noise, stride=1, kernel_size=block_size, padding=block_size // 2)
+    return x * noise * (noise.numel() / (eps + noise.sum()))
+
+
+class TorchvisionDropBlock2d(nn.Module):
+    __module__ = "torchvision.ops.drop_block"
+
+    def __init__(self, p, block_size, inplace=False, eps=1e-6):
+        super().__init__()
+        self.p, self.block_size, self.inplace, self.eps = p, block_size, inplace, eps
+
+    def forward(self, x):
+        return _torchvision_drop_block(x, self.p, self.block_size) if self.training else x
+
+
+TorchvisionDropBlock2d.__name__ = TorchvisionDropBlock2d.__qualname__ = "DropBlock2d"
+
+
+class TorchvisionDropBlock3d(TorchvisionDropBlock2d):
+    __module__ = "torchvision.ops.drop_block"
+
+
+TorchvisionDropBlock3d.__name__ = TorchvisionDropBlock3d.__qualname__ = "DropBlock3d"
+
+
+def _dropped_fraction(y: torch.Tensor, maps_dims: tuple[int, ...]) -> tuple[float, float]:
+    """Mean fraction of zeros and its standard error over independent maps."""
+    per_map = (y == 0).double().mean(dim=maps_dims).flatten()
+    return float(per_map.mean()), float(per_map.std() / math.sqrt(per_map.numel()))
+
+
+def _assert_same_rate(original, converted, x, maps_dims):
+    torch.manual_seed(0)
+    ours, ours_se = _dropped_fraction(converted(x), maps_dims)
+    theirs, theirs_se = _dropped_fraction(original(x), maps_dims)
+    # 6 standard errors of the difference of two independent means.
+    assert abs(ours - theirs) < 6 * math.hypot(ours_se, theirs_se) + 1e-9, (ours, theirs)
+
+
+def _convert_one(module: nn.Module) -> nn.Module:
+    converted = dropkit.convert(module).model
+    assert converted is not module and type(converted).__module__.startswith("dropkit.nn")
+    return converted.train()
+
+
+@pytest.mark.parametrize("couple_channels", [True, False])
+@pytest.mark.parametrize("block_size", [3, 4, 40])
+def test_timm_drop_block_converts_to_the_same_behaviour(couple_channels, block_size):
+    timm = timm_drop()
+    original = timm.DropBlock2d(0.3, block_size, couple_channels=couple_channels)
+    # convert() matches peers by package, as it would the installed timm.layers.drop.
+    type(original).__module__ = "timm.layers.drop"
+    converted = _convert_one(original.train())
+    x = torch.rand(128, 4, 12, 12) + 0.5
+    y = converted(x)
+    dropped = y == 0
+    if block_size > 12:  # clipped to the map, as timm clips it: everything dropped
+        assert bool(dropped.all()) and bool((original(x) == 0).all())
+        return
+    # One mask per sample shared by its channels exactly when timm couples them.
+    shared = bool((dropped == dropped[:, :1]).all())
+    assert shared == couple_channels
+    _assert_same_rate(original, converted, x, (-2, -1))
+    # Survivors are scaled by numel / kept of the mask, as timm does.
+    kept = ~dropped
+    ratio = y[kept] / x[kept]
+    assert torch.allclose(ratio, ratio[0]) and float(ratio[0]) >= 1.0
+
+
+def test_timm_drop_path_converts_to_the_same_behaviour():
+    for scale_by_keep in (True, False):
+        original = DropPath(0.3, scale_by_keep=scale_by_keep).train()
+        converted = _convert_one(original)
+        x = torch.rand(4000, 3) + 0.5
+        ratio = converted(x) / x
+        scale = 1 / 0.7 if scale_by_keep else 1.0
+        # Each sample is dropped whole or kept whole, scaled as timm scales it.
+        assert bool((ratio == 0).all(1).logical_or(torch.isclose(ratio, torch.tensor(scale))
+                                                   .all(1)).all())
+        _assert_same_rate(original, converted, x, (1,))
+
+
+@pytest.mark.parametrize("mode", ["row", "batch"])
+def test_torchvision_stochastic_depth_converts_to_the_same_behaviour(mode):
+    original = StochasticDepth(0.3, mode).train()
+    converted = _convert_one(original)
+    x = torch.rand(64, 3) + 0.5
+    decisions = torch.stack([(converted(x) == 0).all(1) for _ in range(400)])
+    if mode == "batch":
+        # The whole batch shares each decision.
+        assert bool((decisions == decisions[:, :1]).all())
+    else:
+        assert not bool((decisions == decisions[:, :1]).all())
+    # 400 * 64 Bernoulli(0.3) decisions (400 for batch): 6 standard deviations.
+    n = decisions.numel() if mode == "row" else decisions.shape[0]
+    assert abs(float(decisions.double().mean()) - 0.3) < 6 * math.sqrt(0.21 / n)
+
+
+@pytest.mark.parametrize(
+    "original, x",
+    [
+        (TorchvisionDropBlock2d(0.3, 3), torch.rand(256, 4, 10, 10) + 0.5),
+        (TorchvisionDropBlock3d(0.3, 3), torch.rand(64, 4, 6, 6, 6) + 0.5),
+    ],
+)
+def test_torchvision_drop_block_converts_to_the_same_behaviour(original, x):
+    converted = _convert_one(original.train())
+    assert not converted.share_channels and not converted.clip_blocks
+    spatial = tuple(range(2, x.dim()))
+    _assert_same_rate(original, converted, x, spatial)
 
 
 @pytest.mark.parametrize(
@@ -179,6 +289,7 @@ def test_peer_mapping_passes_rate_and_options(monkeypatch):
     ],
 )
 def test_each_torch_module_maps_to_its_dropkit_namesake(source, target, shape):
+    _assert_trains_like(source, dropkit.convert(source).model.train())
     x = torch.randn(shape)
     result = dropkit.convert(source.eval())
     assert type(result.model) is target and result.model.p == 0.3
@@ -189,6 +300,29 @@ def test_each_torch_module_maps_to_its_dropkit_namesake(source, target, shape):
     first = result.model(x)
     torch.manual_seed(3)
     assert torch.equal(first, result.model(x))
+
+
+def _assert_trains_like(source: nn.Module, converted: nn.Module) -> None:
+    """Training outputs of a converted torch module against torch's own, on a large input."""
+    source = source.train()
+    channelwise = isinstance(source, (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d))
+    shape = {nn.Dropout1d: (2000, 4, 5), nn.Dropout2d: (1000, 4, 2, 5),
+             nn.Dropout3d: (500, 4, 2, 2, 5), nn.FeatureAlphaDropout: (2000, 4, 5)}
+    x = torch.randn(shape.get(type(source), (2000, 20)))
+    torch.manual_seed(0)
+    theirs, ours = source(x), converted(x)
+    if isinstance(source, nn.AlphaDropout) or isinstance(source, nn.FeatureAlphaDropout):
+        # Alpha dropout keeps a standard normal input at mean 0 and variance 1;
+        # 40000 values, so 6 standard errors of the mean are 0.03.
+        for y in (theirs, ours):
+            assert abs(float(y.mean())) < 0.03 and abs(float(y.std()) - 1.0) < 0.05
+        return
+    for y in (theirs, ours):
+        kept = y != 0
+        assert torch.allclose(y[kept], x[kept] / (1 - source.p))
+        if channelwise:  # whole channels are dropped, in both
+            assert bool(((y == 0).all(-1) == (y == 0).any(-1)).all())
+    _assert_same_rate(source, converted, x, tuple(range(1, x.dim())))
 
 
 def test_training_flag_inplace_and_hooks_are_preserved():

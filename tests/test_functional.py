@@ -281,3 +281,50 @@ def test_bad_seed_or_offset_is_named(kwargs, error, message):
 def test_second_derivative_uses_the_same_mask():
     x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda t: F.dropout(t, 0.4, seed=9) ** 2, (x,))
+
+
+def _top_level_imports() -> dict[str, set[str]]:
+    """Module -> dropkit modules it imports at top level (imports inside functions are lazy)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(F.__file__).resolve().parents[2]
+    modules = {}
+    for path in (root / "dropkit").rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dropkit"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    deps.add(full if full in modules else node.module)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("dropkit")}
+        # The root package re-exports everything; importing it is not a dependency.
+        graph[name] = {d for d in deps if d in modules and d != "dropkit"}
+    return graph
+
+
+def test_ops_sit_below_modules_and_nothing_imports_itself_back():
+    graph = _top_level_imports()
+    for name, deps in graph.items():
+        if name.startswith("dropkit.functional"):
+            assert not any(d.startswith("dropkit.nn") for d in deps), (name, deps)
+
+    def reaches(start: str, target: str, seen: set) -> bool:
+        for dep in graph.get(start, ()):
+            if dep == target or (dep not in seen and not seen.add(dep)
+                                 and reaches(dep, target, seen)):
+                return True
+        return False
+
+    cycles = [name for name in graph if reaches(name, name, set())]
+    assert cycles == []
+
+
+def test_every_name_of_the_functional_api_is_importable():
+    for name in F.__all__:
+        assert getattr(F, name) is not None

@@ -1,14 +1,22 @@
-"""Which modules of a model count as dropout layers, shared by schedules, conversion and checks.
+"""Which modules of a model are dropout layers: the one predicate, for every tool.
 
-A dropout layer is a ``torch.nn`` dropout module (``_DropoutNd`` and the alpha
-variants; dropkit's standard modules subclass them) or any module defined under
-``dropkit.nn`` that carries a float rate ``p``. Matching dropkit's variants by
-their package rather than by name keeps this file independent of which variants
-exist: a new ``dropkit.nn`` module with a ``p`` is picked up without an edit here.
+``mc`` (which layers sample), ``convert``, ``schedule``, ``check`` and the lab
+all ask :func:`is_dropout_layer`. A dropout layer is
+
+* a ``torch.nn`` dropout module (``_DropoutNd``, which the alpha variants and
+  dropkit's standard modules subclass),
+* any module defined in the ``dropkit.nn`` package (DropBlock, Zoneout,
+  WeightDrop, ...), or
+* a module whose class sets ``dropkit_stochastic = True`` (a user's own).
+
+Matching dropkit's variants by their package rather than by name keeps this
+file independent of which variants exist. Whether a layer's rate can be set
+(``schedule``, ``set_p``) is a second question, :func:`has_settable_p`.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from typing import Optional, Union
 
@@ -16,30 +24,50 @@ from torch import nn
 
 ModuleTypes = Union[type, tuple[type, ...]]
 
-__all__: list[str] = []
+__all__ = [
+    "ModuleTypes",
+    "is_dropout_layer",
+    "has_settable_p",
+    "rate",
+    "dropout_layers",
+    "validate_types",
+    "validate_model",
+    "display_name",
+]
 
 
-def _has_settable_p(module: nn.Module) -> bool:
-    # A learned rate (ConcreteDropout) exposes `p` as a read-only property: it is
-    # reported, but a schedule or set_p cannot own it.
+def is_dropout_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a dropout layer (see the module docstring)."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return True
+    cls = type(module)
+    if getattr(cls, "dropkit_stochastic", False):
+        return True
+    return cls.__module__ == "dropkit.nn" or cls.__module__.startswith("dropkit.nn.")
+
+
+def has_settable_p(module: nn.Module) -> bool:
+    """Whether ``module`` has a real-valued rate ``p`` that a schedule or ``set_p`` may set.
+
+    A learned rate (ConcreteDropout) is a read-only property: reported, never set.
+    Modules without one ``p`` (Zoneout's ``p_hidden``/``p_cell``) are left alone.
+    """
     attr = getattr(type(module), "p", None)
     if isinstance(attr, property) and attr.fset is None:
         return False
-    return True
-
-
-def _is_dropout_layer(module: nn.Module) -> bool:
-    if isinstance(module, nn.modules.dropout._DropoutNd):
-        return True
     p = getattr(module, "p", None)
-    return (
-        type(module).__module__.startswith("dropkit.nn")
-        and isinstance(p, float)
-        and not isinstance(p, bool)
-    )
+    return isinstance(p, numbers.Real) and not isinstance(p, bool)
 
 
-def _validate_types(types: Optional[ModuleTypes], caller: str) -> Optional[tuple[type, ...]]:
+def rate(module: nn.Module) -> Optional[float]:
+    """The layer's drop probability ``p`` as a float, or ``None`` when it has no single rate."""
+    p = getattr(module, "p", None)
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        return None
+    return float(p)
+
+
+def validate_types(types: Optional[ModuleTypes], caller: str) -> Optional[tuple[type, ...]]:
     if types is None:
         return None
     as_tuple = types if isinstance(types, tuple) else (types,)
@@ -51,23 +79,23 @@ def _validate_types(types: Optional[ModuleTypes], caller: str) -> Optional[tuple
     return as_tuple
 
 
-def _dropout_layers(
+def dropout_layers(
     model: nn.Module, types: Optional[tuple[type, ...]] = None
 ) -> Iterator[tuple[str, nn.Module]]:
     """``(qualified name, module)`` for each dropout layer, in registration order, each once."""
     for name, module in model.named_modules():
-        if not _is_dropout_layer(module):
+        if not is_dropout_layer(module):
             continue
         if types is not None and not isinstance(module, types):
             continue
         yield name, module
 
 
-def _display_name(name: str) -> str:
+def display_name(name: str) -> str:
     return name if name else "<root>"
 
 
-def _validate_model(model: object, caller: str) -> nn.Module:
+def validate_model(model: object, caller: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{caller} expects an nn.Module, but got {type(model).__name__}")
     return model

@@ -82,21 +82,81 @@ def mask_scale_inplace(x: Tensor, state: Tensor, threshold: int, scale: float) -
     return _MaskScaleInplace.apply(x, state, threshold, scale)
 
 
+def _like_input(out: Tensor, x: Tensor) -> Tensor:
+    """``out`` (row-major) in ``x``'s memory layout: channels_last and permuted inputs keep it.
+
+    The mask is a function of the logical index, so only the strides change,
+    never a value; a dense row-major input returns ``out`` untouched.
+    """
+    if x.is_contiguous():
+        return out
+    # empty_like keeps the strides of a dense permuted input and falls back to
+    # row-major for overlapping or gapped views (torch's rule for elementwise ops).
+    return torch.empty_like(x).copy_(out)
+
+
+def _eager(x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
+    return _like_input(kernels.mask_scale(x, seed, offset, threshold, scale), x)
+
+
+def _vmap_rule(info, in_dims, x, seed, offset, threshold, scale, inplace: bool):
+    """One rule for both eager functions under ``torch.func.vmap``.
+
+    ``randomness="error"`` refuses, as torch's dropout does. ``"different"``
+    masks the whole ``(B, *shape)`` batch as one tensor: entry ``b`` reads
+    lanes ``[b * n, (b + 1) * n)`` of the stream, its own mask. ``"same"``
+    gives every entry the mask of ``(seed, offset)`` over ``shape``, the mask
+    the unbatched call would draw.
+    """
+    if info.randomness == "error":
+        raise RuntimeError(
+            "vmap: dropkit's dropout is random; call torch.func.vmap with "
+            "randomness='different' (a mask per batch entry) or 'same' (one shared mask)"
+        )
+    batched = x.movedim(in_dims[0], 0)
+    if info.randomness == "same":
+        mask = apply(
+            torch.ones(batched.shape[1:], dtype=torch.float32, device=x.device),
+            seed, offset, threshold, scale,
+        )
+        # where, not a product, so a dropped inf or NaN is 0 as in the kernel.
+        out = torch.where(mask != 0, batched * mask, 0.0).to(x.dtype)
+    else:
+        out = apply(batched, seed, offset, threshold, scale)
+    if inplace:
+        batched.copy_(out)
+        return x, in_dims[0]
+    return out, 0
+
+
 class _MaskScale(torch.autograd.Function):
-    """Eager twin of ``dropkit::mask_scale`` (same kernel, same backward)."""
+    """Eager twin of ``dropkit::mask_scale`` (same kernel, same backward), with a ``jvp``.
+
+    ``ctx``-style on purpose: ``Function.apply`` binds the arguments with
+    ``inspect.signature`` on every call once a class defines ``setup_context``,
+    about 20 us here, more than the kernel on small activations. The
+    ``setup_context`` twins below serve ``torch.func`` only.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
         ctx.key = (seed, offset, threshold, scale)
-        return kernels.mask_scale(x.contiguous(), seed, offset, threshold, scale)
+        return _eager(x, seed, offset, threshold, scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         # Through apply again, so that double backward sees the same mask.
-        return _MaskScale.apply(grad, *ctx.key), None, None, None, None
+        return apply(grad, *ctx.key), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, *_):
+        # A linear map of x: the tangent gets the same mask.
+        return apply(x_tangent, *ctx.key)
 
 
 class _MaskScaleInplaceEager(torch.autograd.Function):
+    """In-place form of :class:`_MaskScale` (``inplace=True``), same mask and backward."""
+
     @staticmethod
     def forward(ctx, x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
         kernels.mask_scale_(x, seed, offset, threshold, scale)
@@ -106,12 +166,84 @@ class _MaskScaleInplaceEager(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return _MaskScale.apply(grad, *ctx.key), None, None, None, None
+        return apply(grad, *ctx.key), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, *_):
+        return _tangent_inplace(x_tangent, ctx.key)
+
+
+def _tangent_inplace(x_tangent: Tensor, key: tuple) -> Tensor:
+    # Forward AD of an in-place op updates the tangent in place too; the native
+    # kernel writes through a raw pointer, so bump the version torch checks.
+    kernels.mask_scale_(x_tangent, *key)
+    torch.autograd.graph.increment_version(x_tangent)
+    return x_tangent
+
+
+class _MaskScaleTransformable(torch.autograd.Function):
+    """:class:`_MaskScale` in ``setup_context`` style with a ``vmap`` rule, for ``torch.func``.
+
+    ``torch.func.grad``/``vmap``/``jvp`` need this style; :func:`apply` picks it
+    only while a functorch transform is active.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
+        return _eager(x, seed, offset, threshold, scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.key = inputs[1:]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return apply(grad, *ctx.key), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, *_):
+        return apply(x_tangent, *ctx.key)
+
+    @staticmethod
+    def vmap(info, in_dims, x, seed, offset, threshold, scale):
+        return _vmap_rule(info, in_dims, x, seed, offset, threshold, scale, inplace=False)
+
+
+class _MaskScaleInplaceTransformable(torch.autograd.Function):
+    """In-place :class:`_MaskScaleTransformable`."""
+
+    @staticmethod
+    def forward(x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
+        kernels.mask_scale_(x, seed, offset, threshold, scale)
+        return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.mark_dirty(inputs[0])
+        ctx.key = inputs[1:]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return apply(grad, *ctx.key), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, *_):
+        return _tangent_inplace(x_tangent, ctx.key)
+
+    @staticmethod
+    def vmap(info, in_dims, x, seed, offset, threshold, scale):
+        return _vmap_rule(info, in_dims, x, seed, offset, threshold, scale, inplace=True)
 
 
 def apply(
     x: Tensor, seed: int, offset: int, threshold: int, scale: float, inplace: bool = False
 ) -> Tensor:
-    """Eager-mode ``keep ? x * scale : 0`` with the mask of ``(seed, offset)``, differentiable."""
-    function = _MaskScaleInplaceEager if inplace else _MaskScale
+    """Eager-mode ``keep ? x * scale : 0`` with the mask of ``(seed, offset)``, differentiable.
+
+    The output keeps ``x``'s memory layout (channels_last, permuted strides).
+    """
+    if torch._C._are_functorch_transforms_active():
+        function = _MaskScaleInplaceTransformable if inplace else _MaskScaleTransformable
+    else:
+        function = _MaskScaleInplaceEager if inplace else _MaskScale
     return function.apply(x, seed, offset, threshold, scale)

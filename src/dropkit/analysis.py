@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from dropkit._layers import _validate_model
+from dropkit._layers import validate_model
 
 __all__ = [
     "AblationCurve",
@@ -212,7 +212,7 @@ def _activations(
     model: nn.Module, layer: Layer, data: Data, unit_dim: int, batch_size: int, caller: str
 ) -> Tensor:
     """The layer's outputs over ``data`` as a ``(samples, units)`` float64 matrix."""
-    model = _validate_model(model, caller)
+    model = validate_model(model, caller)
     module = _resolve_layer(model, layer, caller)
     _validate_positive(batch_size, "batch_size")
     chunks: list[Tensor] = []
@@ -335,7 +335,7 @@ def ablation_curve(
         >>> curve.mean      # accuracy at 0%, 10%, ... 90% of units removed
     """
     caller = "ablation_curve"
-    model = _validate_model(model, caller)
+    model = validate_model(model, caller)
     module = _resolve_layer(model, layer, caller)
     _validate_positive(trials, "trials")
     _validate_positive(batch_size, "batch_size")
@@ -447,7 +447,7 @@ def generalization_gap(
         >>> g.train, g.test, g.gap
     """
     caller = "generalization_gap"
-    model = _validate_model(model, caller)
+    model = validate_model(model, caller)
     _validate_positive(batch_size, "batch_size")
     score = _metric_fn(metric, caller)
     if higher_is_better is None:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from dropkit._layers import _display_name, _dropout_layers, _validate_model
+from dropkit._layers import display_name, dropout_layers, rate, validate_model
 
 __all__ = ["Finding", "check", "recalibrate_batchnorm", "variance_shift"]
 
@@ -176,14 +176,14 @@ def variance_shift(model: nn.Module, example_input: ExampleInput) -> dict[str, f
 
         >>> dropkit.variance_shift(model, x_val)   # {'net.3': 1.62}
     """
-    model = _validate_model(model, "variance_shift")
+    model = validate_model(model, "variance_shift")
     args = _example_args(example_input)
     bns = [(n, bn) for n, bn in _batchnorms(model) if _has_statistics(bn)]
     with _preserved(model, args):
         model.eval()
         real = _bn_input_variances(model, args, bns)
     return {
-        _display_name(n): _li_shift(real[n], bn.running_var) for n, bn in bns if n in real
+        display_name(n): _li_shift(real[n], bn.running_var) for n, bn in bns if n in real
     }
 
 
@@ -242,7 +242,7 @@ def recalibrate_batchnorm(
         >>> dropkit.recalibrate_batchnorm(model, train_loader, num_batches=100)
         >>> model.eval()   # inference now uses statistics without dropout noise
     """
-    model = _validate_model(model, "recalibrate_batchnorm")
+    model = validate_model(model, "recalibrate_batchnorm")
     if num_batches is not None and (
         isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1
     ):
@@ -349,7 +349,7 @@ def _probe(
 
     for name, module in model.named_modules():
         if not list(module.children()) or name in dropouts:
-            handles.append(module.register_forward_pre_hook(called(_display_name(name))))
+            handles.append(module.register_forward_pre_hook(called(display_name(name))))
     for name in paths:
         handles.append(model.get_submodule(name).register_forward_hook(mark_output(name)))
     for name, bn in bns:
@@ -389,7 +389,7 @@ def _rate_findings(dropouts: dict[str, nn.Module]) -> list[Finding]:
     low, high = _USUAL_P
     for name, module in dropouts.items():
         p = float(module.p)
-        where = _display_name(name)
+        where = display_name(name)
         measured = {"p": p}
         if p == 1.0:
             findings.append(Finding(
@@ -451,7 +451,7 @@ def _inplace_findings(
         before = previous.get(id(module))
         if getattr(module, "inplace", False) and isinstance(before, _RESULT_SAVING):
             findings.append(Finding(
-                "error", "inplace-overwrites-saved-tensor", _display_name(name),
+                "error", "inplace-overwrites-saved-tensor", display_name(name),
                 f"in-place dropout right after {type(before).__name__}, whose backward reads "
                 "its output: loss.backward() will raise 'modified by an inplace operation'.",
                 fix,
@@ -469,12 +469,12 @@ def _batchnorm_findings(
     bns = _batchnorms(model)
     if not bns:
         return []
-    bn_names = {_display_name(n) for n, _ in bns}
+    bn_names = {display_name(n) for n, _ in bns}
     if probe is not None:
         order = probe.order
         how, note = "runs before", ""
     else:
-        order = [_display_name(n) for n, _ in model.named_modules()]
+        order = [display_name(n) for n, _ in model.named_modules()]
         how = "is registered before"
         note = " Order taken from registration; pass example_input to confirm and measure."
     position = {name: i for i, name in enumerate(order)}
@@ -483,12 +483,12 @@ def _batchnorm_findings(
         no_dropout = _no_dropout_variances(model, args, dropouts)
         for name, train_var in probe.train_variances.items():
             if name in no_dropout:
-                ratio[_display_name(name)] = (
+                ratio[display_name(name)] = (
                     train_var / no_dropout[name].clamp_min(1e-12)
                 ).mean().item()
     findings = []
     for name, module in dropouts.items():
-        where = _display_name(name)
+        where = display_name(name)
         if float(module.p) == 0.0 or where not in position:
             continue
         after = [n for n in order[position[where] + 1:] if n in bn_names]
@@ -535,7 +535,7 @@ def _eval_mode_findings(dropouts: dict[str, nn.Module], model: nn.Module) -> lis
         return []
     return [
         Finding(
-            "warning", "dropout-active-in-eval", _display_name(name),
+            "warning", "dropout-active-in-eval", display_name(name),
             "the model is in eval mode but this dropout layer is in training mode, "
             "so predictions are random.",
             "call model.eval() after any submodule.train(); if this is deliberate "
@@ -569,7 +569,7 @@ def _drop_path_findings(paths: list[str], probe: Optional[_Probe]) -> list[Findi
         return []
     if probe is None:
         return [Finding(
-            "info", "drop-path-unverified", _display_name(paths[0]),
+            "info", "drop-path-unverified", display_name(paths[0]),
             f"{len(paths)} DropPath layer(s) found; whether each sits on a residual branch "
             "can only be checked by running the model.",
             "pass example_input to check() to verify DropPath placement.",
@@ -582,7 +582,7 @@ def _drop_path_findings(paths: list[str], probe: Optional[_Probe]) -> list[Findi
         if not any(c.startswith(("AddBackward", "SubBackward")) for c in consumers):
             used_by = ", ".join(sorted(set(consumers))) or "nothing (it is the model's output)"
             findings.append(Finding(
-                "warning", "drop-path-not-residual", _display_name(name),
+                "warning", "drop-path-not-residual", display_name(name),
                 "DropPath zeroes whole samples, but its output is not added to a skip "
                 f"connection (it feeds {used_by}), so dropped samples lose all their features.",
                 "put DropPath on the residual branch: x = x + drop_path(block(x)); use "
@@ -625,8 +625,9 @@ def check(model: nn.Module, example_input: Optional[ExampleInput] = None) -> lis
         ...     print(finding)
         [warning] dropout-before-batchnorm at features.2: dropout runs before ...
     """
-    model = _validate_model(model, "check")
-    dropouts = {name: module for name, module in _dropout_layers(model)}
+    model = validate_model(model, "check")
+    # The rate checks need one rate per layer; Zoneout's two rates are not judged here.
+    dropouts = {name: m for name, m in dropout_layers(model) if rate(m) is not None}
     # DropPath is checked whoever wrote it: dropkit's, timm's, torchvision's StochasticDepth.
     paths = [n for n, m in model.named_modules() if type(m).__name__ in _DROP_PATH_NAMES]
     findings = _rate_findings(dropouts) + _eval_mode_findings(dropouts, model)

@@ -21,11 +21,11 @@ from torch import nn
 
 from dropkit._layers import (
     ModuleTypes,
-    _display_name,
-    _dropout_layers,
-    _has_settable_p,
-    _validate_model,
-    _validate_types,
+    display_name,
+    dropout_layers,
+    has_settable_p,
+    validate_model,
+    validate_types,
 )
 from dropkit.functional import validate_p
 
@@ -102,27 +102,34 @@ def _timm_drop_block(module: nn.Module, target: type) -> nn.Module:
         raise _Unsupported("with_noise=True fills dropped blocks with noise; dropkit zeroes them")
     if float(getattr(module, "gamma_scale", 1.0)) != 1.0:
         raise _Unsupported(f"gamma_scale={module.gamma_scale} rescales the seed rate")
-    if not getattr(module, "couple_channels", True):
-        raise _Unsupported("couple_channels=False draws one mask per channel")
-    if not getattr(module, "scale_by_keep", True):
-        raise _Unsupported("scale_by_keep=False leaves survivors unscaled")
+    # timm's default couple_channels=True shares one mask across channels (the
+    # paper's form): dropkit's share_channels. Dropping it would silently turn the
+    # converted layer into per-channel DropBlock.
     return target(
         _rate(module.drop_prob, "drop_prob"),
         int(module.block_size),
+        bool(getattr(module, "inplace", False)),
+        share_channels=bool(getattr(module, "couple_channels", True)),
+        scale_by_keep=bool(getattr(module, "scale_by_keep", True)),
         batchwise=bool(getattr(module, "batchwise", False)),
+        # timm seeds blocks anywhere and centres them (a higher realised rate than
+        # the paper's placement) and clips big blocks: keep its behaviour.
+        clip_blocks=True,
     )
 
 
 def _torchvision_stochastic_depth(module: nn.Module, target: type) -> nn.Module:
-    if module.mode != "row":
-        raise _Unsupported(
-            f"mode={module.mode!r} drops the whole batch at once; dropkit's DropPath is per sample"
-        )
-    return target(_rate(module.p, "p"), scale_by_keep=True)
+    if module.mode not in ("row", "batch"):
+        raise _Unsupported(f"mode={module.mode!r} is neither 'row' nor 'batch'")
+    # mode="batch" drops the branch for the whole batch: DropPath(batchwise=True).
+    return target(_rate(module.p, "p"), scale_by_keep=True, batchwise=module.mode == "batch")
 
 
 def _torchvision_drop_block(module: nn.Module, target: type) -> nn.Module:
-    return target(_rate(module.p, "p"), int(module.block_size))
+    # torchvision draws one mask per channel (share_channels=False, dropkit's default).
+    return target(
+        _rate(module.p, "p"), int(module.block_size), bool(getattr(module, "inplace", False))
+    )
 
 
 @dataclass(frozen=True)
@@ -196,8 +203,10 @@ def convert(model: nn.Module, *, inplace: bool = False) -> Conversion:
     ``nn.Dropout``/``Dropout1d``/``2d``/``3d``               same name
     ``nn.AlphaDropout``/``nn.FeatureAlphaDropout``           same name
     timm ``DropPath(drop_prob, scale_by_keep)``              ``DropPath``
-    timm ``DropBlock2d`` (no noise, ``gamma_scale=1``)       ``DropBlock2d``
+    timm ``DropBlock2d`` (no noise, ``gamma_scale=1``)       ``DropBlock2d(clip_blocks=True,
+                                                            share_channels=couple_channels)``
     torchvision ``StochasticDepth(p, mode="row")``           ``DropPath``
+    torchvision ``StochasticDepth(p, mode="batch")``         ``DropPath(batchwise=True)``
     torchvision ``DropBlock2d``/``DropBlock3d``              same name
     ======================================================  ==========================
 
@@ -220,7 +229,7 @@ def convert(model: nn.Module, *, inplace: bool = False) -> Conversion:
         >>> model = result.model
         >>> print(result)   # converted 3 module(s), skipped 0 ...
     """
-    model = _validate_model(model, "convert")
+    model = validate_model(model, "convert")
     if not isinstance(inplace, bool):
         raise TypeError(f"convert: inplace has to be a bool, but got {inplace!r}")
     if not inplace:
@@ -235,10 +244,10 @@ def convert(model: nn.Module, *, inplace: bool = False) -> Conversion:
         memo[id(module)] = new
         if new is not None:
             report.changed.append(
-                Change(_display_name(name), _class_path(module), _class_path(new))
+                Change(display_name(name), _class_path(module), _class_path(new))
             )
         elif reason is not None:
-            report.skipped.append(Skipped(_display_name(name), _class_path(module), reason))
+            report.skipped.append(Skipped(display_name(name), _class_path(module), reason))
         return new
 
     root = visit(model, "")
@@ -279,12 +288,12 @@ def set_p(model: nn.Module, p: float, *, types: Optional[ModuleTypes] = None) ->
         >>> dropkit.set_p(model, 0.1)                       # every dropout layer
         >>> dropkit.set_p(model, 0.2, types=nn.Dropout2d)   # only channel dropout
     """
-    model = _validate_model(model, "set_p")
+    model = validate_model(model, "set_p")
     p = validate_p(p)
-    wanted = _validate_types(types, "set_p")
+    wanted = validate_types(types, "set_p")
     changed = []
-    for name, module in _dropout_layers(model, wanted):
-        if _has_settable_p(module):
+    for name, module in dropout_layers(model, wanted):
+        if has_settable_p(module):
             module.p = p
-            changed.append(_display_name(name))
+            changed.append(display_name(name))
     return changed

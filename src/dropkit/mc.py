@@ -47,8 +47,9 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from dropkit import kernels
-from dropkit.functional import _keep_scale, apply_alpha_mask
-from dropkit.random import draw_seed, philox4x32
+from dropkit._layers import is_dropout_layer
+from dropkit.functional import apply_alpha_mask
+from dropkit.random import draw_seed, keep_scale, philox4x32, validate_seed
 
 __all__ = [
     "MCFallbackWarning",
@@ -94,13 +95,12 @@ class NoStochasticLayerWarning(UserWarning):
 
 
 def is_stochastic(module: nn.Module) -> bool:
-    """Whether ``module`` samples under MC dropout (see the module docstring)."""
-    cls = type(module)
-    return (
-        isinstance(module, nn.modules.dropout._DropoutNd)
-        or bool(getattr(cls, "dropkit_stochastic", False))
-        or cls.__module__.startswith("dropkit.nn")
-    )
+    """Whether ``module`` samples under MC dropout (see the module docstring).
+
+    The one dropout-layer predicate of dropkit (:func:`dropkit._layers.is_dropout_layer`),
+    shared with ``convert``, ``schedule``, ``check`` and the lab.
+    """
+    return is_dropout_layer(module)
 
 
 def stochastic_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -249,7 +249,7 @@ class _SeededMasks:
             offsets = [base]
         else:
             offsets = [base | (self.first_row + r) for r in range(rows)]
-        threshold, keep_prob, scale = _keep_scale(site.p)
+        threshold, keep_prob, scale = keep_scale(site.p)
         if site.rule == "classic":
             scale = 1.0
         values = x.view(samples, rows, *x.shape[1:])
@@ -592,6 +592,9 @@ def predict(
         raise TypeError(f"predict expects an nn.Module, but got {type(model).__name__}")
     samples = _validate_samples(samples)
     _validate_predict_args(x, task, tau, batch_size)
+    # Checked where it enters, with the functional ops' message: -1, 2**64, 1.5 and
+    # True are refused here instead of running silently or failing deep inside.
+    seed = validate_seed(seed)
     if seed is None:
         # Unseeded calls draw one seed from torch's generator and then take the Philox
         # path: torch.manual_seed still reproduces them, and the native kernel draws the

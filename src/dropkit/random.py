@@ -30,8 +30,9 @@ native kernel is tested against bit for bit.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -42,6 +43,8 @@ __all__ = [
     "draw_seed",
     "fold_seed",
     "keep_threshold",
+    "keep_scale",
+    "validate_seed",
     "random_bits16",
     "random_bits16_streams",
     "as_u64",
@@ -105,12 +108,25 @@ def philox4x32(counter: Tensor, key: Tensor, rounds: int = _ROUNDS) -> Tensor:
 
 
 def as_u64(value: int, name: str) -> int:
-    """``value`` if it is an int in ``[0, 2**64)``; otherwise an error naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` as an int if it is an integer in ``[0, 2**64)``, else an error naming ``name``.
+
+    Any integral type (``int``, ``numpy.int64``) is accepted; ``bool``, floats and
+    strings are refused, so ``seed=True`` or ``seed=1.5`` never silently means 1.
+    """
+    if type(value) is int and 0 <= value < _SEED_SPACE:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int in [0, 2**64), got {value!r}")
+    value = int(value)
     if not 0 <= value < _SEED_SPACE:
         raise ValueError(f"{name} must be in [0, 2**64), got {value}")
     return value
+
+
+def validate_seed(seed: Optional[int], name: str = "seed") -> Optional[int]:
+    """``None`` (draw from torch's generator) or a checked 64-bit seed; for constructors
+    and ``mc.predict``, so a bad seed fails where it is given, not at the first forward."""
+    return None if seed is None else as_u64(seed, name)
 
 
 def as_int64_bits(values: Sequence[int]) -> Tensor:
@@ -125,7 +141,13 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     reproduce a run, and what lets ``torch.utils.checkpoint`` (which restores
     that generator before recomputing) regenerate identical masks.
     """
-    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64, generator=generator))
+    drawn = torch.randint(0, 2**63 - 1, (), dtype=torch.int64, generator=generator)
+    # Under torch.func.vmap(randomness="different") the draw is a batched tensor
+    # (one seed per batch entry) that has no single int value: take the first
+    # entry. The op's vmap rule, not the seed, makes the entries' masks differ.
+    while torch._C._functorch.is_batchedtensor(drawn):
+        drawn = torch._C._functorch.get_unwrapped(drawn).reshape(-1)[0]
+    return int(drawn)
 
 
 def fold_seed(seed: int, *values: int) -> int:
@@ -153,22 +175,42 @@ def keep_threshold(keep_prob: float) -> int:
     return int(round(keep_prob * _KEEP_ONE))
 
 
+def keep_scale(p: float) -> tuple[int, float, float]:
+    """``(threshold, keep_prob, scale)`` for a drop probability ``p`` already checked.
+
+    ``threshold = round((1 - p) * 2**16)``, the quantised keep probability
+    ``threshold / 2**16`` and the unbiased survivor scale ``2**16 / threshold``
+    (0 when everything is dropped). No check here: the ops validate ``p`` once,
+    where it enters (:func:`dropkit.functional.validate_p`).
+    """
+    threshold = int(round((1.0 - p) * _KEEP_ONE))
+    return threshold, threshold / _KEEP_ONE, (_KEEP_ONE / threshold if threshold else 0.0)
+
+
+SeedLike = Union[int, Tensor]
+
+
+def _key_words(value: SeedLike, name: str, device) -> tuple:
+    # A 0-d int64 tensor (a seed drawn, or a stream counter read, inside a
+    # torch.compile graph) stays a tensor so the graph has no data-dependent guard.
+    if isinstance(value, Tensor):
+        value = value.to(device=device, dtype=torch.int64)
+        return value & _MASK32, (value >> 32) & _MASK32
+    value = as_u64(value, name)
+    return value & _MASK32, value >> 32
+
+
 def _blocks(
-    num_blocks: int, seed: int, offset: int, device: torch.device | str | None
+    num_blocks: int, seed: SeedLike, offset: SeedLike, device: torch.device | str | None
 ) -> Tensor:
-    seed = as_u64(seed, "seed")
-    offset = as_u64(offset, "offset")
+    seed_lo, seed_hi = _key_words(seed, "seed", device)
+    offset_lo, offset_hi = _key_words(offset, "offset", device)
     block = torch.arange(num_blocks, dtype=torch.int64, device=device)
+    zeros = torch.zeros_like(block)
     counter = torch.stack(
-        (
-            block & _MASK32,
-            block >> 32,
-            torch.full_like(block, offset & _MASK32),
-            torch.full_like(block, offset >> 32),
-        ),
-        dim=-1,
+        (block & _MASK32, block >> 32, zeros + offset_lo, zeros + offset_hi), dim=-1
     )
-    key = torch.tensor([seed & _MASK32, seed >> 32], dtype=torch.int64, device=device)
+    key = torch.stack((zeros[:1] + seed_lo, zeros[:1] + seed_hi), dim=-1)
     return philox4x32(counter, key)
 
 
@@ -226,7 +268,7 @@ def keep_mask(
 
 
 def random_words(
-    numel: int, seed: int, offset: int = 0, device: torch.device | str | None = None
+    numel: int, seed: SeedLike, offset: SeedLike = 0, device: torch.device | str | None = None
 ) -> Tensor:
     """The first ``numel`` 32-bit words of stream ``(seed, offset)``, as int64."""
     return _blocks(-(-numel // 4), seed, offset, device).reshape(-1)[:numel]
@@ -234,27 +276,30 @@ def random_words(
 
 def uniform(
     shape: torch.Size | tuple[int, ...],
-    seed: int,
-    offset: int = 0,
+    seed: SeedLike,
+    offset: SeedLike = 0,
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Uniform samples in ``[0, 1)`` with 24 random bits each."""
-    words = random_words(math.prod(shape), seed, offset, device)
+    """Uniform samples in ``[0, 1)`` with 24 random bits each.
+
+    ``seed`` and ``offset`` may be 0-d int64 tensors (what compiled graphs pass).
+    """
+    words = random_words(torch.Size(shape).numel(), seed, offset, device)
     return ((words >> 8).to(torch.float64) * 2.0**-24).to(dtype).reshape(shape)
 
 
 def normal(
     shape: torch.Size | tuple[int, ...],
-    seed: int,
-    offset: int = 0,
+    seed: SeedLike,
+    offset: SeedLike = 0,
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Standard normal samples (Box-Muller on consecutive pairs of 32-bit words)."""
-    numel = math.prod(shape)
+    numel = torch.Size(shape).numel()
     words = random_words(2 * (-(-numel // 2)), seed, offset, device).to(torch.float64)
     # (word + 1) / 2**32 lies in (0, 1], so the log never sees zero.
     u1 = (words[0::2] + 1.0) * 2.0**-32

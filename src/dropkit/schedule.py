@@ -37,11 +37,11 @@ from torch import nn
 
 from dropkit._layers import (
     ModuleTypes,
-    _display_name,
-    _dropout_layers,
-    _has_settable_p,
-    _validate_model,
-    _validate_types,
+    display_name,
+    dropout_layers,
+    has_settable_p,
+    validate_model,
+    validate_types,
 )
 from dropkit.functional import validate_p
 
@@ -80,13 +80,13 @@ class RateSchedule:
     def __init__(
         self, model: nn.Module, *, relative: bool = False, types: Optional[ModuleTypes] = None
     ) -> None:
-        self.model = _validate_model(model, type(self).__name__)
+        self.model = validate_model(model, type(self).__name__)
         if not isinstance(relative, bool):
             raise TypeError(f"relative has to be a bool, but got {relative!r}")
         self.relative = relative
-        self.types = _validate_types(types, type(self).__name__)
+        self.types = validate_types(types, type(self).__name__)
         self.base_ps: dict[str, float] = {
-            _display_name(name): float(module.p) for name, module in self._layers()
+            display_name(name): float(module.p) for name, module in self._layers()
         }
         self.last_step = -1
         self.last_p: float = float("nan")
@@ -97,8 +97,8 @@ class RateSchedule:
         raise NotImplementedError
 
     def _layers(self):
-        for name, module in _dropout_layers(self.model, self.types):
-            if _has_settable_p(module):
+        for name, module in dropout_layers(self.model, self.types):
+            if has_settable_p(module):
                 yield name, module
 
     def step(self, step: Optional[int] = None) -> float:
@@ -115,7 +115,7 @@ class RateSchedule:
     def _apply(self) -> float:
         value = validate_p(self.value(self.last_step), f"{type(self).__name__} value")
         for name, module in self._layers():
-            key = _display_name(name)
+            key = display_name(name)
             if self.relative:
                 # A layer added after construction takes its current rate as its base.
                 base = self.base_ps.setdefault(key, float(module.p))

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as torch_F
 
 import dropkit
-from dropkit.functional import drop_block2d, drop_block3d, drop_path
-from dropkit.nn.conv import drop_block_gamma
+from dropkit.functional import drop_block2d, drop_block3d, drop_block_gamma, drop_path
 from dropkit.random import keep_threshold
 from tests.nn._peers import timm_drop, torchvision_ops
 
@@ -311,7 +310,7 @@ def test_module_repr_and_p_is_assignable_for_schedules():
     "shape, block", [((2, 3, 5, 6), (3, 2)), ((1, 2, 8, 8), (7, 7)), ((2, 2, 4, 5, 6), (2, 3, 4))]
 )
 def test_seed_expansion_equals_block_wide_max_pooling(shape, block):
-    from dropkit.nn.conv import _expand_seeds
+    from dropkit.functional.conv import expand_seeds as _expand_seeds
 
     seeds = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) < 0.2).float()
     # Brute force: a seed at i covers [i, i + block) along every axis.

@@ -56,7 +56,9 @@ def test_regularizer_matches_paper_formula_and_pushes_entropy_up():
 def test_concrete_dropout_eval_identity_and_reproducibility():
     x = torch.randn(4, 6)
     drop = dropkit.ConcreteDropout(0.2, seed=4)
-    assert torch.equal(drop(x), drop(x))
+    assert torch.equal(drop(x), dropkit.ConcreteDropout(0.2, seed=4)(x))
+    fixed = dropkit.ConcreteDropout(0.2, seed=4, fixed_mask=True)
+    assert torch.equal(fixed(x), fixed(x))
     assert drop.eval()(x) is x
     assert "p=0.2000" in repr(drop)
 

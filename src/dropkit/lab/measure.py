@@ -34,6 +34,7 @@ from dropkit import analysis, mc, metrics
 from dropkit.check import check as check_model
 from dropkit.check import variance_shift
 from dropkit.lab.tasks import Task, TaskData
+from dropkit.mc import is_stochastic
 
 __all__ = [
     "ABLATION_FRACTIONS",
@@ -58,15 +59,8 @@ def not_measured(reason: str) -> dict:
 
 
 def dropout_layers(model: nn.Module) -> list[nn.Module]:
-    """Stochastic layers: torch.nn dropout (dropkit's standard ones subclass it) and dropkit.nn."""
-    found = []
-    for module in model.modules():
-        is_dropkit = type(module).__module__.startswith("dropkit.nn") and hasattr(module, "p")
-        if isinstance(module, nn.modules.dropout._DropoutNd) or is_dropkit or getattr(
-            module, "dropkit_stochastic", False
-        ):
-            found.append(module)
-    return found
+    """Stochastic layers, by dropkit's one predicate (:func:`dropkit.mc.is_stochastic`)."""
+    return [module for module in model.modules() if is_stochastic(module)]
 
 
 @contextlib.contextmanager

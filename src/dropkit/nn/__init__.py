@@ -1,5 +1,6 @@
-"""dropkit's dropout modules, one file per family."""
+"""dropkit's dropout modules, one file per family, over :mod:`dropkit.functional`."""
 
+from dropkit.nn.base import load_stream_state, stream_state
 from dropkit.nn.conv import DropBlock2d, DropBlock3d, DropPath
 from dropkit.nn.learned import ConcreteDropout
 from dropkit.nn.noise import GaussianDropout, GaussianNoise
@@ -41,4 +42,6 @@ __all__ = [
     "WeightDrop",
     "WordDropout",
     "Zoneout",
+    "stream_state",
+    "load_stream_state",
 ]

@@ -1,310 +1,57 @@
-"""Structured dropout for convolutional and residual networks: DropBlock and DropPath.
+"""DropBlock and DropPath modules: thin wrappers over :mod:`dropkit.functional.conv`.
 
 Element-wise dropout barely regularises a CNN: neighbouring activations are
-correlated, so the information a dropped pixel carried still flows through its
-neighbours. DropBlock drops contiguous squares (cubes) of each feature map;
-DropPath drops a whole residual branch for a sample. Both draw their randomness
-from dropkit's Philox contract through :func:`dropkit.functional.dropout`, so a
-``seed`` (or ``torch.manual_seed``) reproduces every mask.
+correlated. DropBlock drops contiguous squares (cubes) of each feature map;
+DropPath drops a whole residual branch for a sample. See the functional ops
+for the papers and the arguments; ``seed`` makes the masks a reproducible
+stream (:mod:`dropkit.nn.base`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Optional
 
-import torch
-import torch.nn.functional as torch_F
 from torch import Tensor, nn
 
-from dropkit.functional import _validate_input, dropout, validate_p
+from dropkit import functional as F
+from dropkit.functional.checks import validate_p
+from dropkit.functional.conv import BlockSize, block_sizes
+from dropkit.nn.base import SeedStream
 
-__all__ = [
-    "drop_block2d",
-    "drop_block3d",
-    "drop_path",
-    "DropBlock2d",
-    "DropBlock3d",
-    "DropPath",
-]
-
-BlockSize = Union[int, Sequence[int]]
+__all__ = ["DropBlock2d", "DropBlock3d", "DropPath"]
 
 
-def _block_sizes(block_size: BlockSize, spatial: int, op: str) -> tuple[int, ...]:
-    sizes = (block_size,) * spatial if isinstance(block_size, int) else tuple(block_size)
-    if len(sizes) != spatial or any(
-        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes
-    ):
-        raise ValueError(
-            f"{op}: block_size has to be a positive int or a sequence of {spatial} positive "
-            f"ints, but got {block_size!r}"
-        )
-    return sizes
-
-
-def _check_rank(input: Tensor, spatial: int, op: str) -> None:
-    if input.dim() not in (spatial + 1, spatial + 2):
-        layout = "(N, C, H, W)" if spatial == 2 else "(N, C, D, H, W)"
-        raise ValueError(
-            f"{op} expects a {spatial + 2}-D {layout} input or a {spatial + 1}-D unbatched one, "
-            f"but got a {input.dim()}-D input of shape {tuple(input.shape)}"
-        )
-
-
-def drop_block_gamma(p: float, feature_size: Sequence[int], block_size: Sequence[int]) -> float:
-    """Per-position probability of starting a block (Ghiasi et al., 2018, eq. 1).
-
-    ``gamma = p / prod(block) * prod(feature) / prod(feature - block + 1)``: the
-    ``block`` factor turns a per-unit drop rate into a per-block seed rate and
-    the last ratio compensates for seeds being drawn only where a whole block
-    fits. Overlapping blocks make the realised drop fraction slightly below ``p``.
-    """
-    valid = math.prod(f - b + 1 for f, b in zip(feature_size, block_size, strict=True))
-    return p * math.prod(feature_size) / (math.prod(block_size) * valid)
-
-
-def _expand_seeds(seeds: Tensor, block_size: tuple[int, ...]) -> Tensor:
-    # A seed at valid position i covers [i, i + block). Along each axis, position j
-    # of the feature map is covered when a seed lies in [j - block + 1, j]: a sliding
-    # window count, computed as the difference of a cumulative sum over the seed grid
-    # padded with block zeros before (one for the sum's leading zero) and block - 1
-    # after. Linear in the map size whatever the block, and 4x faster on CPU than
-    # max-pooling with a block-wide window (2026-11-25, one thread, 32x256x14x14, block 7).
-    # Counts of 0/1 values stay exact in float32 far beyond any feature size.
-    spatial = len(block_size)
-    covered = seeds
-    for axis, size in enumerate(block_size):
-        if size == 1:
-            continue
-        dim = covered.dim() - spatial + axis
-        pad = [0, 0] * spatial
-        pad[2 * (spatial - 1 - axis)] = size
-        pad[2 * (spatial - 1 - axis) + 1] = size - 1
-        sums = torch_F.pad(covered, pad).cumsum(dim)
-        length = covered.shape[dim] + size - 1
-        covered = (sums.narrow(dim, size, length) - sums.narrow(dim, 0, length)).clamp_(max=1.0)
-    return covered
-
-
-def _drop_block(
-    input: Tensor,
-    p: float,
-    block_size: BlockSize,
-    training: bool,
-    spatial: int,
-    op: str,
-    batchwise: bool,
-    share_channels: bool,
-    scale_by_keep: bool,
-    seed: Optional[int],
-    offset: int,
-    generator: Optional[torch.Generator],
-) -> Tensor:
-    p = validate_p(p)
-    _validate_input(input, op)
-    _check_rank(input, spatial, op)
-    sizes = _block_sizes(block_size, spatial, op)
-    feature = tuple(input.shape[-spatial:])
-    if any(b > f for b, f in zip(sizes, feature, strict=True)):
-        raise ValueError(
-            f"{op}: block_size {sizes if len(set(sizes)) > 1 else sizes[0]} is larger than "
-            f"the feature map {feature} of input shape {tuple(input.shape)}; "
-            f"use a block_size <= {min(feature)}"
-        )
-    if not training or p == 0.0 or input.numel() == 0:
-        return input
-    batched = input.dim() == spatial + 2
-    x = input if batched else input.unsqueeze(0)
-    batch, channels = x.shape[:2]
-    valid = tuple(f - b + 1 for f, b in zip(feature, sizes, strict=True))
-    gamma = drop_block_gamma(p, feature, sizes)
-    # Pooling runs in float32 for half types: max_pool on fp16 is not on every CPU.
-    mask_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    seed_shape = (1 if batchwise else batch, 1 if share_channels else channels, *valid)
-    ones = torch.ones(seed_shape, dtype=mask_dtype, device=x.device)
-    # "classic" mode leaves survivors unscaled: 1 = no block starts here, 0 = a block starts.
-    no_seed = dropout(ones, gamma, mode="classic", seed=seed, offset=offset, generator=generator)
-    covered = _expand_seeds(no_seed.neg_().add_(1.0), sizes)
-    scale = 1.0
-    if scale_by_keep:
-        # Ghiasi et al., Algorithm 1 step 6: A * count(M) / count_ones(M), over the mask drawn.
-        kept = covered.numel() - covered.sum()
-        scale = torch.where(kept > 0, covered.numel() / kept.clamp_min(1.0), 0.0)
-    # keep = (1 - covered) * scale, built in place: the mask is as large as the input.
-    keep = covered.mul_(-scale).add_(scale) if scale_by_keep else covered.neg_().add_(1.0)
-    out = x * keep.to(x.dtype)
-    return out if batched else out.squeeze(0)
-
-
-def drop_block2d(
-    input: Tensor,
-    p: float = 0.1,
-    block_size: BlockSize = 7,
-    training: bool = True,
-    *,
-    batchwise: bool = False,
-    share_channels: bool = False,
-    scale_by_keep: bool = True,
-    seed: Optional[int] = None,
-    offset: int = 0,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Zero contiguous ``block_size x block_size`` squares of each feature map.
-
-    Ghiasi, Lin & Le (2018), "DropBlock: A regularization method for convolutional
-    networks" (NeurIPS). Use it after convolutional stages of a CNN (the paper:
-    ResNet groups 3 and 4, ``block_size=7``, ``p`` ramped up to 0.1 during
-    training), where plain or channel dropout regularises too little.
-
-    Block seeds are drawn only where a whole block fits inside the map (the
-    paper's Algorithm 1), at rate :func:`drop_block_gamma`; each seed zeroes the
-    block whose top-left corner it is, so blocks never leave the map and odd and
-    even sizes behave alike. Survivors are scaled by ``numel / kept`` of the mask.
-
-    Args:
-        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)`` floating-point tensor.
-        p: target fraction of units dropped, in ``[0, 1]``.
-        block_size: block edge, an int or ``(h, w)``; at most the feature size.
-        training: apply DropBlock (``True``) or return ``input`` (``False``).
-        batchwise: one mask for the whole batch instead of one per sample.
-        share_channels: one mask shared by all channels of a sample (timm's
-            default ``couple_channels=True``) instead of one per channel (the
-            paper, its TPU reference and torchvision).
-        scale_by_keep: scale survivors by the inverse kept fraction.
-        seed, offset, generator: the Philox stream, see :func:`dropkit.functional.dropout`.
-
-    Returns:
-        A tensor of ``input``'s shape.
-
-    Example::
-
-        >>> x = torch.randn(8, 64, 14, 14)
-        >>> y = drop_block2d(x, p=0.1, block_size=5, seed=0)
-        >>> torch.equal(y, drop_block2d(x, p=0.1, block_size=5, seed=0))
-        True
-    """
-    return _drop_block(
-        input, p, block_size, training, 2, "drop_block2d", batchwise, share_channels,
-        scale_by_keep, seed, offset, generator,
-    )
-
-
-def drop_block3d(
-    input: Tensor,
-    p: float = 0.1,
-    block_size: BlockSize = 7,
-    training: bool = True,
-    *,
-    batchwise: bool = False,
-    share_channels: bool = False,
-    scale_by_keep: bool = True,
-    seed: Optional[int] = None,
-    offset: int = 0,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Zero contiguous ``block_size`` cubes of each ``(D, H, W)`` volume.
-
-    The 3-D form of Ghiasi et al. (2018), "DropBlock": use it in 3-D CNNs
-    (video, volumetric medical images). ``block_size`` may be ``(d, h, w)``,
-    e.g. a short temporal extent with a large spatial one.
-
-    Args:
-        input: ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)`` tensor.
-        Other arguments as in :func:`drop_block2d`.
-
-    Example::
-
-        >>> x = torch.randn(2, 16, 8, 28, 28)
-        >>> y = drop_block3d(x, p=0.1, block_size=(3, 7, 7), seed=0)
-    """
-    return _drop_block(
-        input, p, block_size, training, 3, "drop_block3d", batchwise, share_channels,
-        scale_by_keep, seed, offset, generator,
-    )
-
-
-def drop_path(
-    input: Tensor,
-    p: float = 0.1,
-    training: bool = True,
-    scale_by_keep: bool = True,
-    *,
-    batchwise: bool = False,
-    seed: Optional[int] = None,
-    offset: int = 0,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Zero the whole input of a sample with probability ``p`` (stochastic depth).
-
-    Huang, Sun, Liu, Sedra & Weinberger (2016), "Deep networks with stochastic
-    depth" (ECCV). Apply it to the residual branch, ``x + drop_path(f(x), p)``, of
-    deep ResNets and vision transformers (timm ramps ``p`` linearly with depth,
-    up to 0.1-0.4).
-
-    The paper drops a block for the whole mini-batch (``batchwise=True``,
-    torchvision's ``mode="batch"``); the per-sample form (default) is what timm
-    and torchvision's ``mode="row"`` use and regularises better per step.
-
-    Args:
-        input: ``(N, ...)`` floating-point tensor; the first axis is the sample.
-        p: probability of dropping a sample's branch, in ``[0, 1]``.
-        training: apply (``True``) or return ``input`` (``False``).
-        scale_by_keep: scale kept samples by ``1 / (1 - p)`` so the expectation
-            is unchanged; ``False`` keeps them as they are (the paper, which
-            instead scales by ``1 - p`` at test time).
-        batchwise: one decision for the whole batch.
-        seed, offset, generator: the Philox stream, see :func:`dropkit.functional.dropout`.
-
-    Example::
-
-        >>> h = torch.randn(32, 197, 384)
-        >>> out = h + drop_path(torch.tanh(h), p=0.2, seed=0)
-    """
-    p = validate_p(p)
-    _validate_input(input, "drop_path")
-    if input.dim() < 1:
-        raise ValueError("drop_path expects an input with a batch dimension, but got a 0-D tensor")
-    if not training or p == 0.0:
-        return input
-    first = 0 if batchwise else 1
-    return dropout(
-        input,
-        p,
-        mode="inverted" if scale_by_keep else "classic",
-        broadcast_dims=tuple(range(first, input.dim())),
-        seed=seed,
-        offset=offset,
-        generator=generator,
-    )
-
-
-class _DropBlockNd(nn.Module):
+class _DropBlockNd(SeedStream, nn.Module):
     _spatial = 2
 
     def __init__(
         self,
         p: float = 0.1,
         block_size: BlockSize = 7,
+        inplace: bool = False,
         *,
         batchwise: bool = False,
         share_channels: bool = False,
         scale_by_keep: bool = True,
+        clip_blocks: bool = False,
         seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
     ) -> None:
         super().__init__()
         self.p = validate_p(p)
-        self.block_size = _block_sizes(block_size, self._spatial, type(self).__name__)
+        self.block_size = block_sizes(block_size, self._spatial, type(self).__name__)
+        self.clip_blocks = clip_blocks
+        self.inplace = inplace
         self.batchwise = batchwise
         self.share_channels = share_channels
         self.scale_by_keep = scale_by_keep
-        self.seed = seed
+        self._init_stream(seed, fixed_mask, persist_stream)
 
     def extra_repr(self) -> str:
         block = self.block_size[0] if len(set(self.block_size)) == 1 else self.block_size
         extra = f"p={self.p}, block_size={block}"
-        for name in ("batchwise", "share_channels"):
+        for name in ("inplace", "batchwise", "share_channels", "clip_blocks"):
             if getattr(self, name):
                 extra += f", {name}=True"
         if not self.scale_by_keep:
@@ -312,16 +59,19 @@ class _DropBlockNd(nn.Module):
         return extra
 
     def forward(self, input: Tensor) -> Tensor:
-        op = drop_block2d if self._spatial == 2 else drop_block3d
+        op = F.drop_block2d if self._spatial == 2 else F.drop_block3d
         return op(
             input,
             self.p,
             self.block_size,
             self.training,
+            inplace=self.inplace,
             batchwise=self.batchwise,
             share_channels=self.share_channels,
             scale_by_keep=self.scale_by_keep,
+            clip_blocks=self.clip_blocks,
             seed=self.seed,
+            offset=self._next_offset() if self.training else 0,
         )
 
 
@@ -357,7 +107,7 @@ class DropBlock3d(_DropBlockNd):
     _spatial = 3
 
 
-class DropPath(nn.Module):
+class DropPath(SeedStream, nn.Module):
     """Stochastic depth: drop a residual branch per sample (Huang et al., 2016).
 
     Wrap the residual branch of ResNet/ViT blocks: ``x + self.drop_path(f(x))``.
@@ -377,13 +127,17 @@ class DropPath(nn.Module):
         *,
         scale_by_keep: bool = True,
         batchwise: bool = False,
+        inplace: bool = False,
         seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
     ) -> None:
         super().__init__()
         self.p = validate_p(p)
         self.scale_by_keep = scale_by_keep
         self.batchwise = batchwise
-        self.seed = seed
+        self.inplace = inplace
+        self._init_stream(seed, fixed_mask, persist_stream)
 
     def extra_repr(self) -> str:
         extra = f"p={self.p}"
@@ -391,14 +145,18 @@ class DropPath(nn.Module):
             extra += ", scale_by_keep=False"
         if self.batchwise:
             extra += ", batchwise=True"
+        if self.inplace:
+            extra += ", inplace=True"
         return extra
 
     def forward(self, input: Tensor) -> Tensor:
-        return drop_path(
+        return F.drop_path(
             input,
             self.p,
             self.training,
             self.scale_by_keep,
             batchwise=self.batchwise,
+            inplace=self.inplace,
             seed=self.seed,
+            offset=self._next_offset() if self.training else 0,
         )

@@ -1,4 +1,4 @@
-"""Dropout whose rate is learned: ConcreteDropout."""
+"""Dropout whose rate is learned: ConcreteDropout, over ``functional.concrete_dropout``."""
 
 from __future__ import annotations
 
@@ -9,73 +9,14 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from dropkit.functional import _validate_input, validate_p
-from dropkit.random import draw_seed, uniform
+from dropkit import functional as F
+from dropkit.functional.checks import validate_p, validate_positive
+from dropkit.nn.base import SeedStream
 
-__all__ = ["concrete_dropout", "ConcreteDropout"]
-
-# Keeps log(u) and log(1 - u) finite: uniform() can return exactly 0.
-_UNIFORM_EPS = 1e-7
+__all__ = ["ConcreteDropout"]
 
 
-def concrete_dropout(
-    input: Tensor,
-    p_logit: Tensor,
-    temperature: float = 0.1,
-    training: bool = True,
-    *,
-    seed: Optional[int] = None,
-    offset: int = 0,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Relaxed-Bernoulli dropout, differentiable in the drop probability ``sigmoid(p_logit)``.
-
-    Gal, Hron & Kendall (2017), "Concrete Dropout" (NeurIPS). The Bernoulli mask
-    is replaced by its Concrete (Gumbel-sigmoid) relaxation
-    ``z = sigmoid((logit(p) + log u - log(1 - u)) / temperature)``, ``u ~ U(0, 1)``,
-    and the output is ``x * (1 - z) / (1 - p)``; as ``temperature -> 0`` this is
-    inverted dropout at rate ``p``. Gradients reach both ``input`` and ``p_logit``.
-
-    Args:
-        input: floating-point tensor of any shape.
-        p_logit: scalar tensor, ``log(p) - log(1 - p)``.
-        temperature: relaxation temperature (> 0); the paper uses 0.1.
-        training: apply (``True``) or return ``input`` (``False``).
-        seed, offset, generator: the Philox stream for ``u``.
-
-    Example::
-
-        >>> logit = torch.tensor(-2.0, requires_grad=True)
-        >>> y = concrete_dropout(torch.randn(8, 16), logit, seed=0)
-        >>> y.sum().backward(); logit.grad is not None
-        True
-    """
-    _validate_input(input, "concrete_dropout")
-    temperature = _validate_positive(temperature, "temperature")
-    if not training or input.numel() == 0:
-        return input
-    seed = draw_seed(generator) if seed is None else seed
-    dtype = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
-    u = uniform(input.shape, seed, offset, device=input.device, dtype=dtype)
-    u = u.clamp(_UNIFORM_EPS, 1.0 - _UNIFORM_EPS)
-    logit = p_logit.to(dtype)
-    drop = torch.sigmoid((logit + torch.log(u) - torch.log1p(-u)) / temperature)
-    keep_prob = torch.sigmoid(-logit)
-    return (input * ((1.0 - drop) / keep_prob).to(input.dtype))
-
-
-def _validate_positive(value: float, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} has to be a float, but got {value!r}")
-    value = float(value)
-    low_ok = value >= 0.0 if allow_zero else value > 0.0
-    if not math.isfinite(value) or not low_ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} has to be finite and {bound}, but got {value}")
-    return value
-
-
-class ConcreteDropout(nn.Module):
+class ConcreteDropout(SeedStream, nn.Module):
     """Dropout with a learned rate ``p`` (Gal, Hron & Kendall, 2017, "Concrete Dropout").
 
     Use it instead of a grid search over dropout rates, and when the rate
@@ -97,7 +38,9 @@ class ConcreteDropout(nn.Module):
         weight_regularizer: weight-decay factor of the following layer's
             parameters, divided by the keep probability.
         dropout_regularizer: factor of the negative Bernoulli entropy term.
-        seed: fixed Philox seed (``None``: a new one per call from torch's generator).
+        seed: Philox stream of the noise (``None``: a new seed per call from
+            torch's generator); ``fixed_mask``/``persist_stream`` as in
+            :mod:`dropkit.nn.base`.
 
     Shape: any ``(N, *)``; output has the input's shape. Identity in eval mode.
 
@@ -116,19 +59,21 @@ class ConcreteDropout(nn.Module):
         weight_regularizer: float = 1e-6,
         dropout_regularizer: float = 1e-5,
         seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
     ) -> None:
         super().__init__()
         p_init = validate_p(p_init, "p_init")
         if p_init in (0.0, 1.0):
             raise ValueError(f"p_init has to be strictly between 0 and 1, but got {p_init}")
-        self.temperature = _validate_positive(temperature, "temperature")
-        self.weight_regularizer = _validate_positive(
+        self.temperature = validate_positive(temperature, "temperature")
+        self.weight_regularizer = validate_positive(
             weight_regularizer, "weight_regularizer", allow_zero=True
         )
-        self.dropout_regularizer = _validate_positive(
+        self.dropout_regularizer = validate_positive(
             dropout_regularizer, "dropout_regularizer", allow_zero=True
         )
-        self.seed = seed
+        self._init_stream(seed, fixed_mask, persist_stream)
         self.p_logit = nn.Parameter(torch.tensor(math.log(p_init) - math.log1p(-p_init)))
         self.input_features: Optional[int] = None
 
@@ -142,10 +87,19 @@ class ConcreteDropout(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() >= 1:
-            # The entropy term scales with the units dropped per sample (the paper's K).
-            self.input_features = input[0].numel() if input.dim() > 1 else input.numel()
-        return concrete_dropout(
-            input, self.p_logit, self.temperature, self.training, seed=self.seed
+            # The entropy term scales with the units dropped per sample (the paper's K):
+            # the product of the non-batch sizes, defined also for an empty batch.
+            features = 1
+            for size in input.shape[1:] if input.dim() > 1 else input.shape:
+                features *= size
+            self.input_features = features
+        return F.concrete_dropout(
+            input,
+            self.p_logit,
+            self.temperature,
+            self.training,
+            seed=self.seed,
+            offset=self._next_offset() if self.training else 0,
         )
 
     def regularization(

@@ -1,114 +1,19 @@
-"""Additive and multiplicative Gaussian noise: GaussianDropout and GaussianNoise.
-
-The noise comes from :func:`dropkit.random.normal`, the Philox contract's
-normal stream, so a ``seed`` (or ``torch.manual_seed``) reproduces it.
-"""
+"""GaussianDropout and GaussianNoise: thin wrappers over :mod:`dropkit.functional.noise`."""
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
-from dropkit.functional import _validate_input, validate_p
-from dropkit.random import draw_seed, normal
+from dropkit import functional as F
+from dropkit.functional.noise import validate_gaussian_p, validate_std
+from dropkit.nn.base import SeedStream
 
-__all__ = ["gaussian_dropout", "gaussian_noise", "GaussianDropout", "GaussianNoise"]
-
-
-def _noise(
-    input: Tensor, seed: Optional[int], offset: int, generator: Optional[torch.Generator]
-) -> Tensor:
-    seed = draw_seed(generator) if seed is None else seed
-    # Half types draw in float32: Box-Muller's log/cos lose too much in fp16.
-    dtype = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
-    return normal(input.shape, seed, offset, device=input.device, dtype=dtype)
+__all__ = ["GaussianDropout", "GaussianNoise"]
 
 
-def _validate_gaussian_p(p: float) -> float:
-    p = validate_p(p)
-    if p == 1.0:
-        raise ValueError(
-            "gaussian_dropout probability has to be in [0, 1): the noise variance "
-            "p / (1 - p) is infinite at p = 1, but got 1.0"
-        )
-    return p
-
-
-def gaussian_dropout(
-    input: Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    *,
-    seed: Optional[int] = None,
-    offset: int = 0,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Multiply each element by ``N(1, p / (1 - p))`` noise.
-
-    Srivastava et al. (2014), "Dropout: a simple way to prevent neural networks
-    from overfitting", section 10: Gaussian noise with the mean and variance of
-    inverted Bernoulli dropout at rate ``p``, which the authors found to work as
-    well or better. Use it where zeros hurt (e.g. small layers) or as Keras'
-    ``GaussianDropout(rate)``; it is the basis of variational dropout.
-
-    Args:
-        input: floating-point tensor of any shape.
-        p: the equivalent drop rate, in ``[0, 1)``.
-        training: apply (``True``) or return ``input`` (``False``; ``E[y] = x``).
-        seed, offset, generator: the Philox stream.
-
-    Example::
-
-        >>> y = gaussian_dropout(torch.randn(32, 128), p=0.3, seed=0)
-    """
-    p = _validate_gaussian_p(p)
-    _validate_input(input, "gaussian_dropout")
-    if not training or p == 0.0 or input.numel() == 0:
-        return input
-    std = math.sqrt(p / (1.0 - p))
-    factor = _noise(input, seed, offset, generator).mul_(std).add_(1.0)
-    return input * factor.to(input.dtype)
-
-
-def _validate_std(std: float) -> float:
-    if isinstance(std, bool) or not isinstance(std, (int, float)):
-        raise TypeError(f"noise std has to be a non-negative float, but got {std!r}")
-    std = float(std)
-    if not math.isfinite(std) or std < 0.0:
-        raise ValueError(f"noise std has to be finite and >= 0, but got {std}")
-    return std
-
-
-def gaussian_noise(
-    input: Tensor,
-    std: float = 0.1,
-    training: bool = True,
-    *,
-    seed: Optional[int] = None,
-    offset: int = 0,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Add ``N(0, std^2)`` noise during training (Keras ``GaussianNoise``).
-
-    Additive input noise is equivalent to Tikhonov regularisation (Bishop, 1995,
-    "Training with noise is equivalent to Tikhonov regularization"). Use it on
-    real-valued inputs (sensors, audio features) or as a data augmentation.
-
-    Example::
-
-        >>> y = gaussian_noise(torch.randn(32, 16), std=0.1, seed=0)
-    """
-    std = _validate_std(std)
-    _validate_input(input, "gaussian_noise")
-    if not training or std == 0.0 or input.numel() == 0:
-        return input
-    return input + _noise(input, seed, offset, generator).mul_(std).to(input.dtype)
-
-
-class GaussianDropout(nn.Module):
+class GaussianDropout(SeedStream, nn.Module):
     """Multiplicative ``N(1, p / (1 - p))`` noise (Srivastava et al., 2014, section 10).
 
     See :func:`gaussian_dropout`. Keras: ``GaussianDropout(rate=p)``.
@@ -121,19 +26,27 @@ class GaussianDropout(nn.Module):
         >>> y = layer(torch.randn(32, 128))
     """
 
-    def __init__(self, p: float = 0.5, *, seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        p: float = 0.5,
+        *,
+        seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
+    ) -> None:
         super().__init__()
-        self.p = _validate_gaussian_p(p)
-        self.seed = seed
+        self.p = validate_gaussian_p(p)
+        self._init_stream(seed, fixed_mask, persist_stream)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
     def forward(self, input: Tensor) -> Tensor:
-        return gaussian_dropout(input, self.p, self.training, seed=self.seed)
+        offset = self._next_offset() if self.training else 0
+        return F.gaussian_dropout(input, self.p, self.training, seed=self.seed, offset=offset)
 
 
-class GaussianNoise(nn.Module):
+class GaussianNoise(SeedStream, nn.Module):
     """Additive ``N(0, std^2)`` noise during training (Keras ``GaussianNoise(stddev)``).
 
     See :func:`gaussian_noise`. Shape: any; identity in eval mode.
@@ -144,13 +57,21 @@ class GaussianNoise(nn.Module):
         >>> y = layer(torch.randn(32, 16))
     """
 
-    def __init__(self, std: float = 0.1, *, seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        std: float = 0.1,
+        *,
+        seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
+    ) -> None:
         super().__init__()
-        self.std = _validate_std(std)
-        self.seed = seed
+        self.std = validate_std(std)
+        self._init_stream(seed, fixed_mask, persist_stream)
 
     def extra_repr(self) -> str:
         return f"std={self.std}"
 
     def forward(self, input: Tensor) -> Tensor:
-        return gaussian_noise(input, self.std, self.training, seed=self.seed)
+        offset = self._next_offset() if self.training else 0
+        return F.gaussian_noise(input, self.std, self.training, seed=self.seed, offset=offset)

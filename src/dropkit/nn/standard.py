@@ -4,7 +4,9 @@ Each class subclasses its ``torch.nn`` namesake, so ``isinstance(m, nn.Dropout)`
 checks in existing code (and ``model.eval()``) keep working, the constructor
 and ``extra_repr`` are the same, and ``state_dict``/pickling are unchanged.
 The extra keyword-only knobs are ``mode`` (``"inverted"`` or ``"classic"``)
-and ``seed`` (``None``: a fresh seed from torch's generator on every call).
+and ``seed``/``fixed_mask``/``persist_stream`` (see :mod:`dropkit.nn.base`:
+``None`` draws a fresh seed from torch's generator on every call, an int makes
+the module's masks a reproducible stream).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Optional
 from torch import Tensor, nn
 
 from dropkit import functional as F
-from dropkit.functional import Mode
+from dropkit.functional.checks import Mode, validate_mode, validate_p
+from dropkit.nn.base import SeedStream
 
 __all__ = [
     "Dropout",
@@ -27,14 +30,23 @@ __all__ = [
 ]
 
 
-class _PhiloxDropout:
-    """Shared state of dropkit's standard modules: validation and the seed knobs."""
+class _PhiloxDropout(SeedStream):
+    """Shared state of dropkit's standard modules: the mode and the seed stream.
 
-    def _init_dropkit(self, p: float, mode: Mode = "inverted", seed: Optional[int] = None) -> None:
-        self.p = F.validate_p(p)
-        F._validate_mode(mode)
-        self.mode = mode
-        self.seed = seed
+    ``p`` is checked once here (before torch's own check in ``super().__init__``,
+    whose message does not name the allowed range) and kept as given, as torch
+    keeps it: ``Dropout(0).p`` is ``0`` and prints ``p=0``.
+    """
+
+    def _init_dropkit(
+        self,
+        mode: Mode = "inverted",
+        seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
+    ) -> None:
+        self.mode = validate_mode(mode)
+        self._init_stream(seed, fixed_mask, persist_stream)
 
     def extra_repr(self) -> str:
         extra = f"p={self.p}, inplace={self.inplace}"
@@ -43,7 +55,7 @@ class _PhiloxDropout:
         return extra
 
     def _options(self) -> dict:
-        return {"seed": self.seed}
+        return {"seed": self.seed, "offset": self._next_offset() if self.training else 0}
 
 
 class Dropout(_PhiloxDropout, nn.Dropout):
@@ -69,14 +81,16 @@ class Dropout(_PhiloxDropout, nn.Dropout):
         *,
         mode: Mode = "inverted",
         seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
     ) -> None:
-        F.validate_p(p)
+        validate_p(p)
         super().__init__(p, inplace)
-        self._init_dropkit(p, mode, seed)
+        self._init_dropkit(mode, seed, fixed_mask, persist_stream)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout(
-            input, self.p, self.training, mode=self.mode, inplace=self.inplace, **self._options()
+            input, self.p, self.training, self.inplace, mode=self.mode, **self._options()
         )
 
 
@@ -87,10 +101,18 @@ class Dropout1d(_PhiloxDropout, nn.Dropout1d):
     positions are correlated and element-wise dropout barely regularises.
     """
 
-    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: Optional[int] = None):
-        F.validate_p(p)
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
+    ) -> None:
+        validate_p(p)
         super().__init__(p, inplace)
-        self._init_dropkit(p, seed=seed)
+        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout1d(input, self.p, self.training, self.inplace, **self._options())
@@ -105,10 +127,18 @@ class Dropout2d(_PhiloxDropout, nn.Dropout2d):
     input as ``(N, C, L)``), a 3-D input is an unbatched ``(C, H, W)`` image.
     """
 
-    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: Optional[int] = None):
-        F.validate_p(p)
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
+    ) -> None:
+        validate_p(p)
         super().__init__(p, inplace)
-        self._init_dropkit(p, seed=seed)
+        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout2d(input, self.p, self.training, self.inplace, **self._options())
@@ -117,10 +147,18 @@ class Dropout2d(_PhiloxDropout, nn.Dropout2d):
 class Dropout3d(_PhiloxDropout, nn.Dropout3d):
     """Drop whole volumes of ``(N, C, D, H, W)``/``(C, D, H, W)`` inputs (3-D CNNs, video)."""
 
-    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: Optional[int] = None):
-        F.validate_p(p)
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
+    ) -> None:
+        validate_p(p)
         super().__init__(p, inplace)
-        self._init_dropkit(p, seed=seed)
+        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout3d(input, self.p, self.training, self.inplace, **self._options())
@@ -140,11 +178,14 @@ class SpatialDropout(_PhiloxDropout, nn.Module):
         *,
         channels_last: bool = False,
         seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
     ) -> None:
         super().__init__()
+        self.p = validate_p(p)
         self.inplace = inplace
         self.channels_last = channels_last
-        self._init_dropkit(p, seed=seed)
+        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", channels_last={self.channels_last}"
@@ -154,8 +195,8 @@ class SpatialDropout(_PhiloxDropout, nn.Module):
             input,
             self.p,
             self.training,
+            self.inplace,
             channels_last=self.channels_last,
-            inplace=self.inplace,
             **self._options(),
         )
 
@@ -163,24 +204,42 @@ class SpatialDropout(_PhiloxDropout, nn.Module):
 class AlphaDropout(_PhiloxDropout, nn.AlphaDropout):
     """Alpha dropout for SELU networks (Klambauer et al., 2017): keeps mean 0 and variance 1."""
 
-    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: Optional[int] = None):
-        F.validate_p(p)
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
+    ) -> None:
+        validate_p(p)
         super().__init__(p, inplace)
-        self._init_dropkit(p, seed=seed)
+        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.alpha_dropout(input, self.p, self.training, **self._options())
+        return F.alpha_dropout(input, self.p, self.training, self.inplace, **self._options())
 
 
 class FeatureAlphaDropout(_PhiloxDropout, nn.FeatureAlphaDropout):
     """Channel-wise alpha dropout for SELU CNNs: one mask value per (sample, channel)."""
 
-    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: Optional[int] = None):
-        F.validate_p(p)
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
+    ) -> None:
+        validate_p(p)
         super().__init__(p, inplace)
-        self._init_dropkit(p, seed=seed)
+        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.feature_alpha_dropout(input, self.p, self.training, **self._options())
+        return F.feature_alpha_dropout(
+            input, self.p, self.training, self.inplace, **self._options()
+        )
 
 

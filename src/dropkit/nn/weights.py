@@ -13,38 +13,17 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.func import functional_call
 
-from dropkit.functional import dropout, validate_p
+from dropkit import functional as F
+from dropkit.functional.checks import validate_p
+from dropkit.nn.base import SeedStream
 from dropkit.random import draw_seed
 
-__all__ = ["drop_connect", "DropConnect"]
+__all__ = ["DropConnect", "DroppedParameters"]
 
 _DROP_CONNECT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def drop_connect(
-    weight: Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    *,
-    seed: Optional[int] = None,
-    offset: int = 0,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Zero each weight with probability ``p`` and scale survivors by ``1 / (1 - p)``.
-
-    Wan, Zeiler, Zhang, LeCun & Fergus (2013), "Regularization of neural networks
-    using DropConnect" (ICML). Pass the result to the layer's functional form,
-    e.g. ``F.linear(x, drop_connect(w, 0.5), b)``; one mask serves the whole batch.
-
-    Example::
-
-        >>> w = torch.randn(10, 20, requires_grad=True)
-        >>> y = torch.nn.functional.linear(torch.randn(4, 20), drop_connect(w, 0.5, seed=0))
-    """
-    return dropout(weight, p, training, seed=seed, offset=offset, generator=generator)
 
 
 def _check_parameters(module: nn.Module, names: Sequence[str], owner: str) -> tuple[str, ...]:
@@ -63,30 +42,22 @@ def _check_parameters(module: nn.Module, names: Sequence[str], owner: str) -> tu
     return names
 
 
-def _forward_dropped(
-    module: nn.Module,
-    names: tuple[str, ...],
-    p: float,
-    seed: Optional[int],
-    args: tuple,
-    kwargs: dict,
-) -> Any:
-    # One seed per forward, one offset per parameter: independent masks that a
-    # single integer reproduces.
-    seed = draw_seed() if seed is None else seed
-    params = dict(module.named_parameters())
-    dropped = {
-        name: dropout(params[name], p, seed=seed, offset=index)
-        for index, name in enumerate(names)
-    }
-    return functional_call(module, dropped, args, kwargs)
+class DroppedParameters(SeedStream, nn.Module):
+    """Holds ``module`` and runs it with named parameters masked during training.
 
-
-class _DroppedParameters(nn.Module):
-    """Holds ``module`` and runs it with named parameters masked during training."""
+    The base of :class:`DropConnect` and :class:`~dropkit.nn.recurrent.WeightDrop`.
+    One seed per forward, one offset per parameter: independent masks that a
+    single integer reproduces.
+    """
 
     def __init__(
-        self, module: nn.Module, names: Sequence[str], p: float, seed: Optional[int]
+        self,
+        module: nn.Module,
+        names: Sequence[str],
+        p: float,
+        seed: Optional[int],
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
@@ -96,18 +67,33 @@ class _DroppedParameters(nn.Module):
         self.module = module
         self.weights = _check_parameters(module, names, type(self).__name__)
         self.p = validate_p(p)
-        self.seed = seed
+        self._init_stream(seed, fixed_mask, persist_stream)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, weights={list(self.weights)}"
 
+    def forward_dropped(self, args: tuple, kwargs: dict) -> Any:
+        """Run the wrapped module once with this call's masked parameters."""
+        seed = self.seed
+        if seed is None and not torch.compiler.is_compiling():
+            seed = draw_seed()
+        # Compiled and unseeded: each mask draws its own seed as a tensor (an int
+        # drawn here would be a data-dependent guard).
+        first = self._next_offset(len(self.weights))
+        params = dict(self.module.named_parameters())
+        dropped = {
+            name: F.dropout(params[name], self.p, seed=seed, offset=first + index)
+            for index, name in enumerate(self.weights)
+        }
+        return functional_call(self.module, dropped, args, kwargs)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if not self.training or self.p == 0.0:
             return self.module(*args, **kwargs)
-        return _forward_dropped(self.module, self.weights, self.p, self.seed, args, kwargs)
+        return self.forward_dropped(args, kwargs)
 
 
-class DropConnect(_DroppedParameters):
+class DropConnect(DroppedParameters):
     """Wrap a ``Linear``/``Conv1d/2d/3d`` layer so training drops its weights, not its outputs.
 
     Wan et al. (2013), "Regularization of neural networks using DropConnect".
@@ -134,6 +120,8 @@ class DropConnect(_DroppedParameters):
         *,
         drop_bias: bool = False,
         seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
     ) -> None:
         if not isinstance(module, _DROP_CONNECT_LAYERS):
             allowed = ", ".join(cls.__name__ for cls in _DROP_CONNECT_LAYERS)
@@ -142,4 +130,4 @@ class DropConnect(_DroppedParameters):
                 "use WeightDrop(module, weights=[...]) for other modules"
             )
         names = ("weight", "bias") if drop_bias and module.bias is not None else ("weight",)
-        super().__init__(module, names, p, seed)
+        super().__init__(module, names, p, seed, fixed_mask, persist_stream)
