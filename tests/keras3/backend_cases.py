@@ -294,3 +294,17 @@ def test_bad_shapes_name_the_shape():
         KF.dropout(_x(2, 3), 0.5, seed=0, noise_shape=(2, 2))
     with pytest.raises(ValueError, match="larger than the feature map"):
         dk.DropBlock2D(0.1, 5, seed=0)(_x(1, 3, 3, 2), training=True)
+
+
+def test_keras_layer_and_torch_module_draw_the_same_stream():
+    # Both take offset k on training call k of a module seeded with S (dropkit.nn.base).
+    ours, theirs = dk.Dropout(0.3, seed=11), dropkit_torch_module(0.3, seed=11)
+    x = _x(6, 10)
+    for _ in range(3):
+        assert np.array_equal(_np(ours(x, training=True)), theirs(_torch(x)).numpy())
+
+
+def dropkit_torch_module(p: float, seed: int) -> torch.nn.Module:
+    import dropkit
+
+    return dropkit.Dropout(p, seed=seed).train()

@@ -213,7 +213,7 @@ def drop_block2d(
 ):
     """DropBlock (Ghiasi, Lin & Le, 2018) on a 4-D batch; the mask equals
     ``dropkit.functional.drop_block2d`` on the same image in NCHW."""
-    from dropkit.nn.conv import drop_block_gamma
+    from dropkit.functional import drop_block_gamma
 
     rate = validate_p(rate)
     sizes = check_block_size(block_size, "drop_block2d")
