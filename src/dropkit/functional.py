@@ -97,13 +97,19 @@ def _resolve_key(
     return _resolve_seed(seed, generator), as_u64(offset, "offset")
 
 
-def _state(seed: Optional[int], offset: int, generator: Optional[torch.Generator]) -> Tensor:
-    if seed is None and torch.compiler.is_compiling():
-        # Inside a compiled graph a Python-int seed would be a data-dependent
-        # guard; keep it a tensor so the graph is traced once and stays whole.
-        drawn = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64, generator=generator)
-        return torch.cat((drawn, torch.tensor([offset], dtype=torch.int64)))
-    return _ops.make_state(_resolve_seed(seed, generator), offset)
+def _state(
+    seed: Optional[int],
+    offset: int,
+    generator: Optional[torch.Generator],
+    device: torch.device | None = None,
+) -> Tensor:
+    """``[seed, offset]`` as an int64[2] tensor on ``device``, where the kernel reads it."""
+    offset = as_u64(offset, "offset")
+    if seed is None and (torch.compiler.is_compiling() or _ops.capturing(device)):
+        # A Python-int seed would be a data-dependent guard in a compiled graph
+        # and a constant frozen into a captured CUDA graph: draw it on the device.
+        return _ops.draw_state(offset, device, generator)
+    return _ops.make_state(_resolve_seed(seed, generator), offset, device)
 
 
 def _keep_scale(p: float) -> tuple[int, float, float]:
@@ -173,8 +179,8 @@ def dropout(
         scale = 1.0 if threshold else 0.0
     if input.numel() == 0:
         return input
-    if torch.compiler.is_compiling():
-        state = _state(seed, offset, generator)
+    if torch.compiler.is_compiling() or (seed is None and _ops.capturing(input.device)):
+        state = _state(seed, offset, generator, input.device)
         if not dims:
             if inplace:
                 return _ops.mask_scale_inplace(input, state, threshold, scale)
