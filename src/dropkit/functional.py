@@ -36,6 +36,7 @@ __all__ = [
     "gaussian_dropout",
     "gaussian_noise",
     "concrete_dropout",
+    "bias_dropout_add",
 ]
 
 Mode = Literal["inverted", "classic"]
@@ -348,6 +349,7 @@ def feature_alpha_dropout(
 
 # The variant families live beside their modules (one file per family); their
 # functional ops are re-exported here so `dropkit.functional` is the one place to look.
+from dropkit._fused import bias_dropout_add  # noqa: E402
 from dropkit.nn.conv import drop_block2d, drop_block3d, drop_path  # noqa: E402
 from dropkit.nn.learned import concrete_dropout  # noqa: E402
 from dropkit.nn.noise import gaussian_dropout, gaussian_noise  # noqa: E402

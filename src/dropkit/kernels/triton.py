@@ -10,9 +10,9 @@ code.
 Layout of one program: ``BLOCK`` consecutive elements seen as a
 ``(BLOCK // 8, 8)`` tile, one row per Philox block. Each row costs one
 Philox4x32-10 evaluation with counter ``(block_lo, block_hi, offset_lo,
-offset_hi)`` and key ``(seed_lo, seed_hi)`` (``tl.philox`` is Random123's
-Philox4x32-10; ``tl.randint4x`` fixes the counter to ``(offset_lo,
-offset_hi, 0, 0)``, which cannot express this layout); column ``j`` takes
+offset_hi)`` and key ``(seed_lo, seed_hi)`` (``tl.randint4x`` fixes the
+counter to ``(offset_lo, offset_hi, 0, 0)``, which cannot express this
+layout, so the four counter words are set here); column ``j`` takes
 16-bit half ``j % 2`` of word ``j // 2``. Nothing per element is stored:
 backward runs the same kernel on the gradient.
 
@@ -84,15 +84,41 @@ def _as_u64(value):
 
 
 @triton.jit
+def _philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Random123's Philox4x32-10, the round of :func:`dropkit.random.philox4x32`.
+
+    The same function as ``tl.philox``; spelled out here so that kernels
+    defined under the interpreter never call a ``@triton.jit`` function that
+    triton itself compiled at its import (a process that imported triton
+    before setting ``TRITON_INTERPRET`` has those as non-interpreted).
+    """
+    M0: tl.constexpr = 0xD2511F53
+    M1: tl.constexpr = 0xCD9E8D57
+    W0: tl.constexpr = 0x9E3779B9
+    W1: tl.constexpr = 0xBB67AE85
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(M0, c0)
+        lo0 = tl.mul(M0, c0, sanitize_overflow=False)
+        hi1 = tl.umulhi(M1, c2)
+        lo1 = tl.mul(M1, c2, sanitize_overflow=False)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = tl.add(k0, W0, sanitize_overflow=False)
+        k1 = tl.add(k1, W1, sanitize_overflow=False)
+    return c0, c1, c2, c3
+
+
+@triton.jit
 def _keep_tile(seed, offset, first_block, threshold, ROWS: tl.constexpr):
     """``(ROWS, 8)`` keep mask for Philox blocks ``first_block .. first_block + ROWS - 1``."""
     block = first_block + tl.arange(0, ROWS).to(tl.uint64)
     c0 = (block & 0xFFFFFFFF).to(tl.uint32)
     c1 = (block >> 32).to(tl.uint32)
-    zero = tl.zeros([ROWS], dtype=tl.uint32)
+    zero = tl.full([ROWS], 0, tl.uint32)
     c2 = zero + (offset & 0xFFFFFFFF).to(tl.uint32)
     c3 = zero + (offset >> 32).to(tl.uint32)
-    w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3)
+    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (seed >> 32).to(tl.uint32)
+    w0, w1, w2, w3 = _philox4x32_10(c0, c1, c2, c3, k0, k1)
     lane = tl.arange(0, 8)[None, :]
     word = tl.where(
         lane < 2,
