@@ -50,6 +50,10 @@ __all__ = [
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 #: Whether the kernels were defined under Triton's interpreter (decided at import).
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "") == "1"
+#: Round float32 -> bfloat16 with integer ops instead of the conversion instruction.
+#: Required under the interpreter (its cast truncates); on a GPU the hardware
+#: conversion rounds to nearest even, and a GPU test checks both paths agree.
+BF16_INTEGER_ROUNDING = INTERPRETED
 #: Activations the fused kernel applies to ``x + bias`` (codes are the constexpr ``ACT``).
 ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
 
@@ -327,9 +331,7 @@ def _round_like(y, ptr, BF16_BITS: tl.constexpr):
 
 
 def _bf16_bits(dtype: torch.dtype) -> bool:
-    # On a GPU the hardware conversion rounds to nearest even; only the
-    # interpreter needs the integer path (both are checked against each other on a GPU).
-    return dtype == torch.bfloat16 and INTERPRETED
+    return dtype == torch.bfloat16 and BF16_INTEGER_ROUNDING
 
 
 def _as_kernel_tensor(t: Tensor, bf16_bits: bool) -> Tensor:
