@@ -455,6 +455,28 @@ def test_fused_drops_the_same_positions_and_agrees_within_rounding(
         torch.testing.assert_close(a.float(), b.float(), rtol=tolerance, atol=tolerance * 4)
 
 
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_fused_compile_path_custom_ops_match_the_eager_function(
+    served_by_interpreter, monkeypatch, activation
+):
+    # Under torch.compile the fused op is the custom ops dropkit::bias_dropout_add(_backward)
+    # with the state on the device; tracing needs a GPU, so run that branch eagerly here.
+    x, bias, residual = _fused_inputs(torch.bfloat16)
+    grad = torch.randn(x.shape).to(torch.bfloat16)
+
+    def fused(a, b, c):
+        return F.bias_dropout_add(a, b, c, 0.3, activation=activation, seed=2**63 + 1, offset=4)
+
+    eager = _forward_backward(fused, x, bias, residual, grad)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    as_op = _forward_backward(fused, x, bias, residual, grad)
+    node = fused(x.clone().requires_grad_(), bias, residual).grad_fn
+    monkeypatch.undo()
+    assert "bias_dropout_add" in node.name()
+    for a, b in zip(as_op, eager, strict=True):
+        _assert_bit_identical(a, b)
+
+
 def test_fused_saves_no_mask(served_by_interpreter):
     x, bias, residual = (t.requires_grad_() for t in _fused_inputs(torch.float32))
     saved: dict[str, int] = {}
