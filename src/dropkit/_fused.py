@@ -221,7 +221,7 @@ def bias_dropout_add(
     if not training or p == 0.0 or x.numel() == 0:
         return residual + _activate(x + bias, activation)
     backend = kernels.triton_backend(x)
-    if backend is None or x.dtype not in _FUSED_DTYPES:
+    if backend is None or x.dtype not in _FUSED_DTYPES or bias.numel() > backend.MAX_FUSED_HIDDEN:
         return residual + F.dropout(_activate(x + bias, activation), p, seed=seed, offset=offset)
     threshold, _, scale = F._keep_scale(p)
     x, bias, residual = x.contiguous(), bias.contiguous(), residual.contiguous()

@@ -387,8 +387,9 @@ def _fused_inputs(dtype, shape=(6, 50), seed=0):
     x = torch.randn(shape, generator=gen).to(dtype)
     bias = torch.randn(shape[-1], generator=gen).to(dtype)
     residual = torch.randn(shape, generator=gen).to(dtype)
-    x[0, :4] = torch.tensor([0.0, -0.0, 1e-40, -3.0]).to(dtype)
-    bias[:4] = torch.tensor([-0.0, 0.0, 0.0, 3.0]).to(dtype)  # x + bias hits +-0 exactly
+    edge = min(4, shape[-1])
+    x[0, :edge] = torch.tensor([0.0, -0.0, 1e-40, -3.0][:edge]).to(dtype)
+    bias[:edge] = torch.tensor([-0.0, 0.0, 0.0, 3.0][:edge]).to(dtype)  # x + bias hits +-0
     return x, bias, residual
 
 
@@ -424,6 +425,22 @@ def test_fused_float32_is_bit_identical_to_the_unfused_chain(served_by_interpret
     # out, grad x, grad bias (the same sum_to_size reduction), grad residual.
     for a, b in zip(fused, chain, strict=True):
         _assert_bit_identical(a, b)
+
+
+@pytest.mark.parametrize("hidden", [1, 3, 24, 100, 129, 1000])
+def test_fused_kernels_find_the_bias_column_across_many_small_blocks(hidden):
+    # block=64: the tile's columns wrap around the hidden size zero to many times.
+    x, bias, residual = _fused_inputs(torch.float32, shape=(7, hidden), seed=hidden)
+    grad = torch.randn(x.shape)
+    threshold, _, scale = F._keep_scale(0.25)
+    key = dict(seed=2**64 - 5, offset=6, block=64)
+    out = kt.bias_dropout_add_forward(x, bias, residual, threshold, scale, 1, **key)
+    grad_x = kt.bias_dropout_add_backward(grad, x, bias, threshold, scale, 1, **key)
+    keep = keep_mask(x.shape, threshold, 2**64 - 5, 6)
+    h = torch.relu(x + bias)
+    _assert_bit_identical(out, residual + reference._apply(h, keep, scale))
+    masked = reference._apply(grad, keep, scale)
+    _assert_bit_identical(grad_x, torch.where(x + bias <= 0, 0.0, masked))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)

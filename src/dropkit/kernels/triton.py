@@ -44,6 +44,7 @@ __all__ = [
     "bias_dropout_add_forward",
     "bias_dropout_add_backward",
     "ACTIVATIONS",
+    "MAX_FUSED_HIDDEN",
 ]
 
 #: The dtypes these kernels serve; others go to the reference.
@@ -54,6 +55,9 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "") == "1"
 #: Required under the interpreter (its cast truncates); on a GPU the hardware
 #: conversion rounds to nearest even, and a GPU test checks both paths agree.
 BF16_INTEGER_ROUNDING = INTERPRETED
+#: Largest last dimension the fused kernels take (their column arithmetic is float32-exact
+#: below 2**24 - BLOCK); :mod:`dropkit._fused` composes larger ones.
+MAX_FUSED_HIDDEN = 1 << 23
 #: Activations the fused kernel applies to ``x + bias`` (codes are the constexpr ``ACT``).
 ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
 
@@ -188,7 +192,7 @@ def _first_block(block_base, pid, BLOCK: tl.constexpr):
     return _as_u64(block_base) + (pid * (BLOCK // 8)).to(tl.uint64)
 
 
-@triton.jit(do_not_specialize=["numel", "seed", "offset", "block_base", "threshold", "scale_bits"])
+@triton.jit(do_not_specialize=["seed", "offset", "block_base", "threshold", "scale_bits"])
 def _mask_scale_kernel(
     x_ptr, out_ptr, numel, seed: tl.int64, offset: tl.int64, block_base: tl.int64,
     threshold: tl.int32, scale_bits: tl.int64,
@@ -201,7 +205,7 @@ def _mask_scale_kernel(
     )
 
 
-@triton.jit(do_not_specialize=["numel", "block_base", "threshold", "scale_bits"])
+@triton.jit(do_not_specialize=["block_base", "threshold", "scale_bits"])
 def _mask_scale_state_kernel(
     x_ptr, out_ptr, numel, state_ptr, block_base: tl.int64, threshold: tl.int32,
     scale_bits: tl.int64,
@@ -216,7 +220,7 @@ def _mask_scale_state_kernel(
     )
 
 
-@triton.jit(do_not_specialize=["numel", "num_offsets", "threshold", "scale_bits"])
+@triton.jit(do_not_specialize=["num_offsets", "threshold", "scale_bits"])
 def _mask_scale_streams_kernel(
     x_ptr, out_ptr, numel, seeds_ptr, offsets_ptr, num_offsets, threshold: tl.int32,
     scale_bits: tl.int64,
@@ -260,10 +264,29 @@ def _activation_grad(grad, h, ACT: tl.constexpr):
         return grad
 
 
-@triton.jit(do_not_specialize=["numel", "hidden", "seed", "offset", "threshold", "scale_bits"])
+@triton.jit
+def _bias_column(pid, hidden, inv_hidden, BLOCK: tl.constexpr):
+    """``index % hidden`` for the tile of program ``pid``, without a 64-bit modulo per element.
+
+    A 64-bit ``%`` is a long emulated sequence on a GPU, more than the rest of
+    the kernel. The tile starts at column ``col0 = pid * BLOCK % hidden`` (one
+    scalar modulo), so its columns are ``col0 + local < hidden + BLOCK``, exact
+    in float32 below 2**24; a float32 quotient is then off by at most one,
+    which the two corrections fix.
+    """
+    ROWS: tl.constexpr = BLOCK // 8
+    col0 = ((pid * BLOCK) % hidden).to(tl.int32)
+    column = col0 + _tile_index(ROWS)
+    quotient = (column.to(tl.float32) * inv_hidden).to(tl.int32)
+    column = column - quotient * hidden
+    column = tl.where(column < 0, column + hidden, column)
+    return tl.where(column >= hidden, column - hidden, column)
+
+
+@triton.jit(do_not_specialize=["seed", "offset", "threshold", "scale_bits", "inv_hidden"])
 def _bias_dropout_add_kernel(
-    x_ptr, bias_ptr, residual_ptr, out_ptr, numel, hidden, seed: tl.int64, offset: tl.int64,
-    state_ptr, threshold: tl.int32, scale_bits: tl.int64,
+    x_ptr, bias_ptr, residual_ptr, out_ptr, numel, hidden, inv_hidden,
+    seed: tl.int64, offset: tl.int64, state_ptr, threshold: tl.int32, scale_bits: tl.int64,
     BLOCK: tl.constexpr, ACT: tl.constexpr, FROM_STATE: tl.constexpr, BF16_BITS: tl.constexpr,
 ):
     """``out = residual + (keep ? act(x + bias) * scale : 0)`` in float32, one rounding."""
@@ -280,17 +303,17 @@ def _bias_dropout_add_kernel(
     mask = index < numel
     scale = scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(tl.float32)
     h = _load_f32(x_ptr, index, mask, BF16_BITS) + _load_f32(
-        bias_ptr, index % hidden, mask, BF16_BITS
+        bias_ptr, _bias_column(pid, hidden, inv_hidden, BLOCK), mask, BF16_BITS
     )
     dropped = tl.where(keep, _activation(h, ACT) * scale, 0.0)
     y = _load_f32(residual_ptr, index, mask, BF16_BITS) + dropped
     _store(out_ptr, index, mask, y, BF16_BITS)
 
 
-@triton.jit(do_not_specialize=["numel", "hidden", "seed", "offset", "threshold", "scale_bits"])
+@triton.jit(do_not_specialize=["seed", "offset", "threshold", "scale_bits", "inv_hidden"])
 def _bias_dropout_add_backward_kernel(
-    grad_ptr, x_ptr, bias_ptr, grad_x_ptr, numel, hidden, seed: tl.int64, offset: tl.int64,
-    state_ptr, threshold: tl.int32, scale_bits: tl.int64,
+    grad_ptr, x_ptr, bias_ptr, grad_x_ptr, numel, hidden, inv_hidden,
+    seed: tl.int64, offset: tl.int64, state_ptr, threshold: tl.int32, scale_bits: tl.int64,
     BLOCK: tl.constexpr, ACT: tl.constexpr, FROM_STATE: tl.constexpr, BF16_BITS: tl.constexpr,
 ):
     """``grad_x = act'(x + bias) * (keep ? grad * scale : 0)``: the mask regenerated, not read."""
@@ -310,7 +333,7 @@ def _bias_dropout_add_backward_kernel(
     # Rounded to the storage dtype like the unfused chain's dropout backward output.
     masked = _round_like(tl.where(keep, grad * scale, 0.0), grad_x_ptr, BF16_BITS)
     h = _load_f32(x_ptr, index, mask, BF16_BITS) + _load_f32(
-        bias_ptr, index % hidden, mask, BF16_BITS
+        bias_ptr, _bias_column(pid, hidden, inv_hidden, BLOCK), mask, BF16_BITS
     )
     _store(grad_x_ptr, index, mask, _activation_grad(masked, h, ACT), BF16_BITS)
 
@@ -458,9 +481,11 @@ def _fused_key(seed: int | None, offset: int | None, state: Tensor | None, x: Te
 def bias_dropout_add_forward(
     x: Tensor, bias: Tensor, residual: Tensor, threshold: int, scale: float, activation: int,
     *, seed: int | None = None, offset: int | None = None, state: Tensor | None = None,
+    block: int | None = None,
 ) -> Tensor:
     """``residual + (keep ? act(x + bias) * scale : 0)`` for contiguous ``x``/``residual``
-    and a 1-D ``bias`` of ``x.shape[-1]`` elements, float16/bfloat16/float32 (fp32 math).
+    and a 1-D ``bias`` of ``x.shape[-1] <= MAX_FUSED_HIDDEN`` elements,
+    float16/bfloat16/float32 (fp32 math).
 
     FMA contraction is off (``enable_fp_fusion=False``): a fused multiply-add
     rounds once where the unfused chain rounds twice, and float32 results must
@@ -471,10 +496,12 @@ def bias_dropout_add_forward(
         return out
     bits = _bf16_bits(x.dtype)
     seed_arg, offset_arg, state_arg, from_state = _fused_key(seed, offset, state, x)
-    _bias_dropout_add_kernel[_grid(x.numel(), _BLOCK)](
+    block = block or _BLOCK
+    _bias_dropout_add_kernel[_grid(x.numel(), block)](
         *(_as_kernel_tensor(t, bits) for t in (x, bias, residual, out)),
-        x.numel(), bias.numel(), seed_arg, offset_arg, state_arg, threshold, _f64_bits(scale),
-        BLOCK=_BLOCK, ACT=activation, FROM_STATE=from_state, BF16_BITS=bits,
+        x.numel(), bias.numel(), 1.0 / bias.numel(), seed_arg, offset_arg, state_arg,
+        threshold, _f64_bits(scale),
+        BLOCK=block, ACT=activation, FROM_STATE=from_state, BF16_BITS=bits,
         num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
     return out
@@ -483,6 +510,7 @@ def bias_dropout_add_forward(
 def bias_dropout_add_backward(
     grad: Tensor, x: Tensor, bias: Tensor, threshold: int, scale: float, activation: int,
     *, seed: int | None = None, offset: int | None = None, state: Tensor | None = None,
+    block: int | None = None,
 ) -> Tensor:
     """Gradient of ``x + bias`` (before the bias sum): ``act'(x + bias) * mask(grad) * scale``."""
     grad = grad.contiguous()
@@ -491,10 +519,12 @@ def bias_dropout_add_backward(
         return grad_x
     bits = _bf16_bits(x.dtype)
     seed_arg, offset_arg, state_arg, from_state = _fused_key(seed, offset, state, x)
-    _bias_dropout_add_backward_kernel[_grid(x.numel(), _BLOCK)](
+    block = block or _BLOCK
+    _bias_dropout_add_backward_kernel[_grid(x.numel(), block)](
         *(_as_kernel_tensor(t, bits) for t in (grad, x, bias, grad_x)),
-        x.numel(), bias.numel(), seed_arg, offset_arg, state_arg, threshold, _f64_bits(scale),
-        BLOCK=_BLOCK, ACT=activation, FROM_STATE=from_state, BF16_BITS=bits,
+        x.numel(), bias.numel(), 1.0 / bias.numel(), seed_arg, offset_arg, state_arg,
+        threshold, _f64_bits(scale),
+        BLOCK=block, ACT=activation, FROM_STATE=from_state, BF16_BITS=bits,
         num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
     return grad_x
