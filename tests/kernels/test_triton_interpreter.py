@@ -427,9 +427,10 @@ def test_fused_float32_is_bit_identical_to_the_unfused_chain(served_by_interpret
         _assert_bit_identical(a, b)
 
 
-@pytest.mark.parametrize("hidden", [1, 3, 24, 100, 129, 1000])
+@pytest.mark.parametrize("hidden", [1, 3, 8, 24, 100, 129, 1000, 4104])
 def test_fused_kernels_find_the_bias_column_across_many_small_blocks(hidden):
-    # block=64: the tile's columns wrap around the hidden size zero to many times.
+    # block=64: the tile's columns wrap around the hidden size zero to many times;
+    # multiples of 8 take the one-modulo-per-Philox-row path.
     x, bias, residual = _fused_inputs(torch.float32, shape=(7, hidden), seed=hidden)
     grad = torch.randn(x.shape)
     threshold, _, scale = F._keep_scale(0.25)

@@ -265,22 +265,34 @@ def _activation_grad(grad, h, ACT: tl.constexpr):
 
 
 @triton.jit
-def _bias_column(pid, hidden, inv_hidden, BLOCK: tl.constexpr):
-    """``index % hidden`` for the tile of program ``pid``, without a 64-bit modulo per element.
-
-    A 64-bit ``%`` is a long emulated sequence on a GPU, more than the rest of
-    the kernel. The tile starts at column ``col0 = pid * BLOCK % hidden`` (one
-    scalar modulo), so its columns are ``col0 + local < hidden + BLOCK``, exact
-    in float32 below 2**24; a float32 quotient is then off by at most one,
-    which the two corrections fix.
-    """
-    ROWS: tl.constexpr = BLOCK // 8
-    col0 = ((pid * BLOCK) % hidden).to(tl.int32)
-    column = col0 + _tile_index(ROWS)
+def _wrap_columns(column, hidden, inv_hidden):
+    # ``column % hidden`` for 0 <= column < 2**24 (exact in float32): the float32
+    # quotient is off by at most one, which the two corrections fix.
     quotient = (column.to(tl.float32) * inv_hidden).to(tl.int32)
     column = column - quotient * hidden
     column = tl.where(column < 0, column + hidden, column)
     return tl.where(column >= hidden, column - hidden, column)
+
+
+@triton.jit
+def _bias_column(pid, hidden, inv_hidden, BLOCK: tl.constexpr, ROW_ALIGNED: tl.constexpr):
+    """``index % hidden`` for the tile of program ``pid``, without a 64-bit modulo per element.
+
+    A 64-bit ``%`` is a long emulated sequence on a GPU, more than the rest of
+    the kernel. The tile starts at column ``col0 = pid * BLOCK % hidden`` (one
+    scalar modulo), so its columns are ``col0 + local < hidden + BLOCK``. When
+    ``hidden`` is a multiple of 8 (``ROW_ALIGNED``, nearly every model) a Philox
+    row's 8 elements sit in 8 consecutive columns: the modulo runs once per row
+    and the bias loads are contiguous, aligned vectors.
+    """
+    ROWS: tl.constexpr = BLOCK // 8
+    col0 = ((pid * BLOCK) % hidden).to(tl.int32)
+    if ROW_ALIGNED:
+        row_column = _wrap_columns(col0 + tl.arange(0, ROWS) * 8, hidden, inv_hidden)
+        row_column = tl.multiple_of(row_column, 8)
+        return row_column[:, None] + tl.arange(0, 8)[None, :]
+    else:
+        return _wrap_columns(col0 + _tile_index(ROWS), hidden, inv_hidden)
 
 
 @triton.jit(do_not_specialize=["seed", "offset", "threshold", "scale_bits", "inv_hidden"])
@@ -288,6 +300,7 @@ def _bias_dropout_add_kernel(
     x_ptr, bias_ptr, residual_ptr, out_ptr, numel, hidden, inv_hidden,
     seed: tl.int64, offset: tl.int64, state_ptr, threshold: tl.int32, scale_bits: tl.int64,
     BLOCK: tl.constexpr, ACT: tl.constexpr, FROM_STATE: tl.constexpr, BF16_BITS: tl.constexpr,
+    ROW_ALIGNED: tl.constexpr,
 ):
     """``out = residual + (keep ? act(x + bias) * scale : 0)`` in float32, one rounding."""
     ROWS: tl.constexpr = BLOCK // 8
@@ -303,7 +316,7 @@ def _bias_dropout_add_kernel(
     mask = index < numel
     scale = scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(tl.float32)
     h = _load_f32(x_ptr, index, mask, BF16_BITS) + _load_f32(
-        bias_ptr, _bias_column(pid, hidden, inv_hidden, BLOCK), mask, BF16_BITS
+        bias_ptr, _bias_column(pid, hidden, inv_hidden, BLOCK, ROW_ALIGNED), mask, BF16_BITS
     )
     dropped = tl.where(keep, _activation(h, ACT) * scale, 0.0)
     y = _load_f32(residual_ptr, index, mask, BF16_BITS) + dropped
@@ -315,6 +328,7 @@ def _bias_dropout_add_backward_kernel(
     grad_ptr, x_ptr, bias_ptr, grad_x_ptr, numel, hidden, inv_hidden,
     seed: tl.int64, offset: tl.int64, state_ptr, threshold: tl.int32, scale_bits: tl.int64,
     BLOCK: tl.constexpr, ACT: tl.constexpr, FROM_STATE: tl.constexpr, BF16_BITS: tl.constexpr,
+    ROW_ALIGNED: tl.constexpr,
 ):
     """``grad_x = act'(x + bias) * (keep ? grad * scale : 0)``: the mask regenerated, not read."""
     ROWS: tl.constexpr = BLOCK // 8
@@ -333,7 +347,7 @@ def _bias_dropout_add_backward_kernel(
     # Rounded to the storage dtype like the unfused chain's dropout backward output.
     masked = _round_like(tl.where(keep, grad * scale, 0.0), grad_x_ptr, BF16_BITS)
     h = _load_f32(x_ptr, index, mask, BF16_BITS) + _load_f32(
-        bias_ptr, _bias_column(pid, hidden, inv_hidden, BLOCK), mask, BF16_BITS
+        bias_ptr, _bias_column(pid, hidden, inv_hidden, BLOCK, ROW_ALIGNED), mask, BF16_BITS
     )
     _store(grad_x_ptr, index, mask, _activation_grad(masked, h, ACT), BF16_BITS)
 
@@ -386,6 +400,7 @@ def _launch_mask(
         _as_kernel_tensor(x, bits), _as_kernel_tensor(out, bits), x.numel(),
         _signed64(seed), _signed64(offset), _signed64(block_base), threshold, _f64_bits(scale),
         BLOCK=block, F64=x.dtype == torch.float64, BF16_BITS=bits, num_warps=_NUM_WARPS,
+        enable_fp_fusion=False,
     )
     return out
 
@@ -422,11 +437,16 @@ def launch_mask_state(
         return out
     block = block or _BLOCK
     bits = _bf16_bits(x.dtype)
-    kernel = _mask_scale_state_kernel if wrap is None else wrap(_mask_scale_state_kernel)
+    kernel, options = _mask_scale_state_kernel, {"enable_fp_fusion": False}
+    if wrap is not None:
+        # Dynamo's Triton tracing takes no compile options (and the kernel has
+        # no multiply-add to contract).
+        kernel, options = wrap(_mask_scale_state_kernel), {}
     kernel[_grid(x.numel(), block)](
         _as_kernel_tensor(x, bits), _as_kernel_tensor(out, bits), x.numel(), state.contiguous(),
         _signed64(block_base), threshold, _f64_bits(scale),
         BLOCK=block, F64=x.dtype == torch.float64, BF16_BITS=bits, num_warps=_NUM_WARPS,
+        **options,
     )
     return out
 
@@ -467,6 +487,7 @@ def mask_scale_streams(
         _u64_tensor(seeds, x.device), _u64_tensor(offsets, x.device), len(offsets),
         threshold, _f64_bits(scale),
         BLOCK=block, F64=x.dtype == torch.float64, BF16_BITS=bits, num_warps=_NUM_WARPS,
+        enable_fp_fusion=False,
     )
     return out
 
@@ -502,7 +523,7 @@ def bias_dropout_add_forward(
         x.numel(), bias.numel(), 1.0 / bias.numel(), seed_arg, offset_arg, state_arg,
         threshold, _f64_bits(scale),
         BLOCK=block, ACT=activation, FROM_STATE=from_state, BF16_BITS=bits,
-        num_warps=_NUM_WARPS, enable_fp_fusion=False,
+        ROW_ALIGNED=bias.numel() % 8 == 0, num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
     return out
 
@@ -525,6 +546,6 @@ def bias_dropout_add_backward(
         x.numel(), bias.numel(), 1.0 / bias.numel(), seed_arg, offset_arg, state_arg,
         threshold, _f64_bits(scale),
         BLOCK=block, ACT=activation, FROM_STATE=from_state, BF16_BITS=bits,
-        num_warps=_NUM_WARPS, enable_fp_fusion=False,
+        ROW_ALIGNED=bias.numel() % 8 == 0, num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
     return grad_x
