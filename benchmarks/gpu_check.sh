@@ -72,7 +72,8 @@ XDIST=""
 "$PYTHON" -c "import xdist" 2>/dev/null && XDIST="-n 4"
 # shellcheck disable=SC2086
 step tests_cpu 90 "$OUT/tests_cpu.log" "$PYTHON" -m pytest -q -rs -p no:cacheprovider $XDIST \
-    tests/kernels/test_triton_interpreter.py tests/kernels/test_native_kernel.py \
+    tests/kernels/test_triton_interpreter.py tests/kernels/test_triton_compile.py \
+    tests/kernels/test_native_kernel.py \
     tests/test_functional.py
 
 # NCCL: one rank per GPU, so --ddp 1 on a one-GPU machine takes the NCCL branch.

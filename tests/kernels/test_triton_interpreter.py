@@ -118,11 +118,8 @@ def _scale(threshold: int) -> float:
 
 def _lanes_of_blocks(first_block: int, numel: int, seed: int, offset: int) -> torch.Tensor:
     """16-bit lanes of Philox blocks ``first_block, ...`` (mod 2**64), straight from philox4x32."""
-    blocks = torch.tensor(
-        [(first_block + b) % U64 for b in range(-(-numel // 8))], dtype=torch.float64
-    )
-    # float64 cannot hold 64-bit ints: build the words from Python ints instead.
-    values = [(first_block + b) % U64 for b in range(blocks.numel())]
+    # Block numbers past 2**63 do not fit an int64 tensor: split them as Python ints.
+    values = [(first_block + b) % U64 for b in range(-(-numel // 8))]
     counter = torch.tensor(
         [[v & 0xFFFFFFFF, v >> 32, offset & 0xFFFFFFFF, offset >> 32] for v in values],
         dtype=torch.int64,
