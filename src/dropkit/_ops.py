@@ -143,10 +143,16 @@ def mask_scale(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor
     One graph node under ``torch.compile``: the Triton ``triton_op`` for CUDA
     tensors, the opaque custom op ``dropkit::mask_scale`` elsewhere. Backward
     applies the same op to the gradient with the saved 16-byte state.
+
+    Outside compile (a CUDA-graph capture) it is the custom op, which launches
+    the kernel exactly as eager calls do: the capture then finds the binary its
+    warm-up calls compiled and loaded, where a ``wrap_triton`` launch (other
+    compile options) would need a new one, and loading one while capturing fails.
     """
-    backend = kernels.triton_backend(x)
-    if backend is not None:
-        return _triton_mask_scale(backend)(x, state, threshold, scale)
+    if torch.compiler.is_compiling():
+        backend = kernels.triton_backend(x)
+        if backend is not None:
+            return _triton_mask_scale(backend)(x, state, threshold, scale)
     return _mask_scale_op(x, state, threshold, scale)
 
 

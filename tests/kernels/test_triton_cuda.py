@@ -114,8 +114,8 @@ def test_streams_on_gpu_equal_the_cpu_reference(kt):
 def test_block_counter_carry_on_gpu(kt):
     x = _input(4096 * 3, torch.float32)
     first = 2**32 - 700
-    out = kt._launch_mask(x.cuda(), torch.empty_like(x).cuda(), 11, 2**33, 40000,
-                          _scale(40000), block_base=first)
+    out = kt._launch_mask(x.cuda(), torch.empty_like(x).cuda(), 40000, _scale(40000),
+                          seed=11, offset=2**33, block_base=first)
     blocks = torch.arange(x.numel() // 8, dtype=torch.int64) + first
     counter = torch.stack((blocks & 0xFFFFFFFF, blocks >> 32, torch.full_like(blocks, 0),
                            torch.full_like(blocks, 2)), -1)

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 pytest.importorskip("triton")
 
 import dropkit  # noqa: E402
-from dropkit import _ops, kernels  # noqa: E402
+from dropkit import _fused, _ops, kernels  # noqa: E402
 from dropkit import functional as F  # noqa: E402
 from dropkit.kernels import reference  # noqa: E402
 from dropkit.random import keep_mask, philox4x32  # noqa: E402
@@ -154,8 +154,9 @@ def test_kernel_reproduces_random123_known_answers(counter, key, words):
     # kept at lane_j + 1. Two launches per lane pin every lane's exact value.
     for j, lane in enumerate(lanes):
         out = torch.empty(8)
-        at = kt._launch_mask(ones, out, seed, offset, lane, 1.0, block_base=block)[j].item()
-        above = kt._launch_mask(ones, out, seed, offset, lane + 1, 1.0, block_base=block)
+        key = dict(seed=seed, offset=offset, block_base=block)
+        at = kt._launch_mask(ones, out, lane, 1.0, **key)[j].item()
+        above = kt._launch_mask(ones, out, lane + 1, 1.0, **key)
         assert (at, above[j].item()) == (0.0, 1.0), f"lane {j} is not {lane:#06x}"
 
 
@@ -188,7 +189,7 @@ def test_sizes_across_many_small_blocks(dtype, numel):
     # block=128: up to 8 programs, ragged tails inside a program and a Philox row.
     x = _input(numel, dtype, numel)
     out = torch.full_like(x, 5.0)
-    kt._launch_mask(x, out, 99, 2**63 + 1, 30000, _scale(30000), block=128)
+    kt._launch_mask(x, out, 30000, _scale(30000), seed=99, offset=2**63 + 1, block=128)
     _assert_bit_identical(out, reference.mask_scale(x, 99, 2**63 + 1, 30000, _scale(30000)))
 
 
@@ -206,10 +207,16 @@ def test_block_counter_carries_into_its_high_word(first_block):
     # reaches that (and the 64-bit wrap) without a 2**35-element tensor.
     x = _input(8 * 16 + 3, torch.float32)
     out = kt._launch_mask(
-        x, torch.empty_like(x), 11, 2**33, 40000, _scale(40000), block_base=first_block, block=64
+        x, torch.empty_like(x), 40000, _scale(40000), seed=11, offset=2**33,
+        block_base=first_block, block=64,
     )
     lanes = _lanes_of_blocks(first_block, x.numel(), 11, 2**33)
     _assert_bit_identical(out, reference._apply(x, lanes < 40000, _scale(40000)))
+    from_state = kt._launch_mask(
+        x, torch.empty_like(x), 40000, _scale(40000), state=_ops.make_state(11, 2**33),
+        block_base=first_block, block=64,
+    )
+    _assert_bit_identical(from_state, out)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -301,17 +308,21 @@ def test_backend_name_reports_triton_for_served_tensors(served_by_interpreter):
     assert kernels.backend_name(torch.ones(3, dtype=torch.int32)) != "triton"
 
 
-def test_triton_op_forward_and_backward_read_the_state_on_the_device(served_by_interpreter):
-    # _ops.mask_scale is the compile path: for a served tensor it is the
-    # torch.library.triton_op (eager here; tracing it needs a GPU).
+@pytest.mark.parametrize("path", ["triton_op", "custom_op"])
+def test_state_ops_forward_and_backward_read_the_state_on_the_device(served_by_interpreter, path):
+    # Under torch.compile _ops.mask_scale is the torch.library.triton_op (run
+    # eagerly here: tracing it needs a GPU); outside it (a CUDA-graph capture),
+    # the custom op dropkit::mask_scale.
+    op = _ops._triton_mask_scale(kt) if path == "triton_op" else _ops.mask_scale
     x = _input(2000, torch.float32).requires_grad_()
     state = _ops.make_state(2**63 + 5, 77)
-    y = _ops.mask_scale(x, state, 20000, _scale(20000))
+    y = op(x, state, 20000, _scale(20000))
     _assert_bit_identical(y, reference.mask_scale(x.detach(), 2**63 + 5, 77, 20000, _scale(20000)))
     grad = torch.randn(2000)
     (dx,) = torch.autograd.grad(y, x, grad)
     _assert_bit_identical(dx, reference.mask_scale(grad, 2**63 + 5, 77, 20000, _scale(20000)))
-    assert "mask_scale_triton" in str(y.grad_fn.name())
+    expected = "mask_scale_triton" if path == "triton_op" else "dropkit_mask_scale_default"
+    assert expected in y.grad_fn.name()
 
 
 def test_inplace_custom_op_matches_out_of_place(served_by_interpreter):
@@ -471,23 +482,23 @@ def test_fused_drops_the_same_positions_and_agrees_within_rounding(
 
 
 @pytest.mark.parametrize("activation", [None, "gelu"])
-def test_fused_compile_path_custom_ops_match_the_eager_function(
-    served_by_interpreter, monkeypatch, activation
-):
+def test_fused_compile_path_custom_ops_match_the_eager_function(served_by_interpreter, activation):
     # Under torch.compile the fused op is the custom ops dropkit::bias_dropout_add(_backward)
-    # with the state on the device; tracing needs a GPU, so run that branch eagerly here.
+    # with the state on the device; tracing needs a GPU, so call them eagerly here.
     x, bias, residual = _fused_inputs(torch.bfloat16)
     grad = torch.randn(x.shape).to(torch.bfloat16)
-
-    def fused(a, b, c):
-        return F.bias_dropout_add(a, b, c, 0.3, activation=activation, seed=2**63 + 1, offset=4)
-
-    eager = _forward_backward(fused, x, bias, residual, grad)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    as_op = _forward_backward(fused, x, bias, residual, grad)
-    node = fused(x.clone().requires_grad_(), bias, residual).grad_fn
-    monkeypatch.undo()
-    assert "bias_dropout_add" in node.name()
+    threshold, _, scale = F._keep_scale(0.3)
+    code = _fused._ACTIVATION_CODES[activation]
+    state = _ops.make_state(2**63 + 1, 4)
+    eager = _forward_backward(
+        lambda a, b, c: F.bias_dropout_add(a, b, c, 0.3, activation=activation, seed=2**63 + 1,
+                                           offset=4),
+        x, bias, residual, grad,
+    )
+    as_op = _forward_backward(
+        lambda a, b, c: _fused._fused_op(a, b, c, state, threshold, scale, code),
+        x, bias, residual, grad,
+    )
     for a, b in zip(as_op, eager, strict=True):
         _assert_bit_identical(a, b)
 

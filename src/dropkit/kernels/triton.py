@@ -192,30 +192,37 @@ def _first_block(block_base, pid, BLOCK: tl.constexpr):
     return _as_u64(block_base) + (pid * (BLOCK // 8)).to(tl.uint64)
 
 
-@triton.jit(do_not_specialize=["seed", "offset", "block_base", "threshold", "scale_bits"])
+@triton.jit
+def _read_key(seed, offset, state_ptr, from_state):
+    """The 64-bit seed and offset: scalar arguments, or read from ``state_ptr`` on the device.
+
+    A runtime branch (uniform, so free), not a constexpr: one binary serves both,
+    so the eager calls that warm a step up before CUDA-graph capture have already
+    compiled and loaded the kernel its captured, device-seeded calls launch
+    (loading a module while a stream is captured is not allowed).
+    """
+    if from_state != 0:
+        seed_u = tl.load(state_ptr).to(tl.uint64, bitcast=True)
+        offset_u = tl.load(state_ptr + 1).to(tl.uint64, bitcast=True)
+    else:
+        seed_u = _as_u64(seed)
+        offset_u = _as_u64(offset)
+    return seed_u, offset_u
+
+
+_KEY_ARGS = ["seed", "offset", "state_ptr", "from_state", "threshold", "scale_bits"]
+
+
+@triton.jit(do_not_specialize=_KEY_ARGS + ["block_base"])
 def _mask_scale_kernel(
-    x_ptr, out_ptr, numel, seed: tl.int64, offset: tl.int64, block_base: tl.int64,
-    threshold: tl.int32, scale_bits: tl.int64,
+    x_ptr, out_ptr, numel, seed: tl.int64, offset: tl.int64, state_ptr, from_state: tl.int32,
+    block_base: tl.int64, threshold: tl.int32, scale_bits: tl.int64,
     BLOCK: tl.constexpr, F64: tl.constexpr, BF16_BITS: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
+    seed_u, offset_u = _read_key(seed, offset, state_ptr, from_state)
     _mask_tile(
-        x_ptr, out_ptr, numel, _as_u64(seed), _as_u64(offset), pid,
-        _first_block(block_base, pid, BLOCK), threshold, scale_bits, BLOCK, F64, BF16_BITS,
-    )
-
-
-@triton.jit(do_not_specialize=["block_base", "threshold", "scale_bits"])
-def _mask_scale_state_kernel(
-    x_ptr, out_ptr, numel, state_ptr, block_base: tl.int64, threshold: tl.int32,
-    scale_bits: tl.int64,
-    BLOCK: tl.constexpr, F64: tl.constexpr, BF16_BITS: tl.constexpr,
-):
-    pid = tl.program_id(0).to(tl.int64)
-    seed = tl.load(state_ptr).to(tl.uint64, bitcast=True)
-    offset = tl.load(state_ptr + 1).to(tl.uint64, bitcast=True)
-    _mask_tile(
-        x_ptr, out_ptr, numel, seed, offset, pid, _first_block(block_base, pid, BLOCK),
+        x_ptr, out_ptr, numel, seed_u, offset_u, pid, _first_block(block_base, pid, BLOCK),
         threshold, scale_bits, BLOCK, F64, BF16_BITS,
     )
 
@@ -295,22 +302,18 @@ def _bias_column(pid, hidden, inv_hidden, BLOCK: tl.constexpr, ROW_ALIGNED: tl.c
         return _wrap_columns(col0 + _tile_index(ROWS), hidden, inv_hidden)
 
 
-@triton.jit(do_not_specialize=["seed", "offset", "threshold", "scale_bits", "inv_hidden"])
+@triton.jit(do_not_specialize=_KEY_ARGS + ["inv_hidden"])
 def _bias_dropout_add_kernel(
     x_ptr, bias_ptr, residual_ptr, out_ptr, numel, hidden, inv_hidden,
-    seed: tl.int64, offset: tl.int64, state_ptr, threshold: tl.int32, scale_bits: tl.int64,
-    BLOCK: tl.constexpr, ACT: tl.constexpr, FROM_STATE: tl.constexpr, BF16_BITS: tl.constexpr,
+    seed: tl.int64, offset: tl.int64, state_ptr, from_state: tl.int32, threshold: tl.int32,
+    scale_bits: tl.int64,
+    BLOCK: tl.constexpr, ACT: tl.constexpr, BF16_BITS: tl.constexpr,
     ROW_ALIGNED: tl.constexpr,
 ):
     """``out = residual + (keep ? act(x + bias) * scale : 0)`` in float32, one rounding."""
     ROWS: tl.constexpr = BLOCK // 8
     pid = tl.program_id(0).to(tl.int64)
-    if FROM_STATE:
-        seed_u = tl.load(state_ptr).to(tl.uint64, bitcast=True)
-        offset_u = tl.load(state_ptr + 1).to(tl.uint64, bitcast=True)
-    else:
-        seed_u = _as_u64(seed)
-        offset_u = _as_u64(offset)
+    seed_u, offset_u = _read_key(seed, offset, state_ptr, from_state)
     keep = _keep_tile(seed_u, offset_u, (pid * ROWS).to(tl.uint64), threshold, ROWS)
     index = pid * BLOCK + _tile_index(ROWS)
     mask = index < numel
@@ -323,22 +326,18 @@ def _bias_dropout_add_kernel(
     _store(out_ptr, index, mask, y, BF16_BITS)
 
 
-@triton.jit(do_not_specialize=["seed", "offset", "threshold", "scale_bits", "inv_hidden"])
+@triton.jit(do_not_specialize=_KEY_ARGS + ["inv_hidden"])
 def _bias_dropout_add_backward_kernel(
     grad_ptr, x_ptr, bias_ptr, grad_x_ptr, numel, hidden, inv_hidden,
-    seed: tl.int64, offset: tl.int64, state_ptr, threshold: tl.int32, scale_bits: tl.int64,
-    BLOCK: tl.constexpr, ACT: tl.constexpr, FROM_STATE: tl.constexpr, BF16_BITS: tl.constexpr,
+    seed: tl.int64, offset: tl.int64, state_ptr, from_state: tl.int32, threshold: tl.int32,
+    scale_bits: tl.int64,
+    BLOCK: tl.constexpr, ACT: tl.constexpr, BF16_BITS: tl.constexpr,
     ROW_ALIGNED: tl.constexpr,
 ):
     """``grad_x = act'(x + bias) * (keep ? grad * scale : 0)``: the mask regenerated, not read."""
     ROWS: tl.constexpr = BLOCK // 8
     pid = tl.program_id(0).to(tl.int64)
-    if FROM_STATE:
-        seed_u = tl.load(state_ptr).to(tl.uint64, bitcast=True)
-        offset_u = tl.load(state_ptr + 1).to(tl.uint64, bitcast=True)
-    else:
-        seed_u = _as_u64(seed)
-        offset_u = _as_u64(offset)
+    seed_u, offset_u = _read_key(seed, offset, state_ptr, from_state)
     keep = _keep_tile(seed_u, offset_u, (pid * ROWS).to(tl.uint64), threshold, ROWS)
     index = pid * BLOCK + _tile_index(ROWS)
     mask = index < numel
@@ -387,63 +386,58 @@ def _grid(numel: int, block: int) -> tuple[int]:
     return (triton.cdiv(numel, block),)
 
 
-def _launch_mask(
-    x: Tensor, out: Tensor, seed: int, offset: int, threshold: int, scale: float,
-    *, block_base: int = 0, block: int | None = None,
-) -> Tensor:
-    _check_dtype(x)
-    if x.numel() == 0:
-        return out
-    block = block or _BLOCK
-    bits = _bf16_bits(x.dtype)
-    _mask_scale_kernel[_grid(x.numel(), block)](
-        _as_kernel_tensor(x, bits), _as_kernel_tensor(out, bits), x.numel(),
-        _signed64(seed), _signed64(offset), _signed64(block_base), threshold, _f64_bits(scale),
-        BLOCK=block, F64=x.dtype == torch.float64, BF16_BITS=bits, num_warps=_NUM_WARPS,
-        enable_fp_fusion=False,
-    )
-    return out
+# One int64[2] per device, passed as the state pointer when the key is scalar:
+# never read then, but it keeps the pointer's type (and so the binary) the same.
+_PLACEHOLDER_STATES: dict[torch.device, Tensor] = {}
 
 
-def mask_scale(x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
-    x = x.contiguous()
-    return _launch_mask(x, torch.empty_like(x), seed, offset, threshold, scale)
+def _placeholder_state(device: torch.device) -> Tensor:
+    placeholder = _PLACEHOLDER_STATES.get(device)
+    if placeholder is None:
+        placeholder = _PLACEHOLDER_STATES[device] = torch.zeros(2, dtype=torch.int64, device=device)
+    return placeholder
 
 
-def mask_scale_(x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
-    if x.is_contiguous():
-        return _launch_mask(x, x, seed, offset, threshold, scale)
-    dense = x.contiguous()
-    return x.copy_(_launch_mask(dense, dense, seed, offset, threshold, scale))
-
-
-def launch_mask_state(
-    x: Tensor, out: Tensor, state: Tensor, threshold: int, scale: float,
-    *, wrap=None, block_base: int = 0, block: int | None = None,
-) -> Tensor:
-    """Write ``mask_scale_state(x, ...)`` into ``out`` (both contiguous; may be the same tensor).
-
-    ``wrap`` is ``torch.library.wrap_triton`` inside a ``triton_op``, so that
-    ``torch.compile`` traces the launch; ``block_base`` shifts the Philox
-    block counter (tests reach the ``2**32`` carry without a 2**35-element tensor).
-    """
-    _check_dtype(x)
+def _check_state(state: Tensor, x: Tensor) -> None:
     if state.dtype != torch.int64 or state.shape != (2,) or state.device != x.device:
         raise ValueError(
             f"state must be an int64 tensor of shape (2,) on {x.device} ([seed, offset]), "
             f"but got {state.dtype} {tuple(state.shape)} on {state.device}"
         )
+
+
+def _key_args(x: Tensor, seed: int, offset: int, state: Tensor | None) -> tuple:
+    """``(seed, offset, state_ptr, from_state)`` kernel arguments for a scalar or device key."""
+    if state is None:
+        return _signed64(seed), _signed64(offset), _placeholder_state(x.device), 0
+    _check_state(state, x)
+    return 0, 0, state.contiguous(), 1
+
+
+def _launch_mask(
+    x: Tensor, out: Tensor, threshold: int, scale: float, *, seed: int = 0, offset: int = 0,
+    state: Tensor | None = None, wrap=None, block_base: int = 0, block: int | None = None,
+) -> Tensor:
+    """Write ``keep ? x * scale : 0`` into ``out`` (both contiguous; may be the same tensor).
+
+    The key is ``seed``/``offset`` or, when given, ``state = int64[2] [seed, offset]``
+    on the device. ``wrap`` is ``torch.library.wrap_triton`` inside a ``triton_op``,
+    so that ``torch.compile`` traces the launch; ``block_base`` shifts the Philox
+    block counter (tests reach the ``2**32`` carry without a 2**35-element tensor).
+    """
+    _check_dtype(x)
+    key = _key_args(x, seed, offset, state)
     if x.numel() == 0:
         return out
     block = block or _BLOCK
     bits = _bf16_bits(x.dtype)
-    kernel, options = _mask_scale_state_kernel, {"enable_fp_fusion": False}
+    kernel, options = _mask_scale_kernel, {"enable_fp_fusion": False}
     if wrap is not None:
-        # Dynamo's Triton tracing takes no compile options (and the kernel has
+        # Dynamo's Triton tracing takes no compile options (and this kernel has
         # no multiply-add to contract).
-        kernel, options = wrap(_mask_scale_state_kernel), {}
+        kernel, options = wrap(_mask_scale_kernel), {}
     kernel[_grid(x.numel(), block)](
-        _as_kernel_tensor(x, bits), _as_kernel_tensor(out, bits), x.numel(), state.contiguous(),
+        _as_kernel_tensor(x, bits), _as_kernel_tensor(out, bits), x.numel(), *key,
         _signed64(block_base), threshold, _f64_bits(scale),
         BLOCK=block, F64=x.dtype == torch.float64, BF16_BITS=bits, num_warps=_NUM_WARPS,
         **options,
@@ -451,18 +445,38 @@ def launch_mask_state(
     return out
 
 
+def mask_scale(x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
+    x = x.contiguous()
+    return _launch_mask(x, torch.empty_like(x), threshold, scale, seed=seed, offset=offset)
+
+
+def mask_scale_(x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
+    key = {"seed": seed, "offset": offset}
+    if x.is_contiguous():
+        return _launch_mask(x, x, threshold, scale, **key)
+    dense = x.contiguous()
+    return x.copy_(_launch_mask(dense, dense, threshold, scale, **key))
+
+
+def launch_mask_state(
+    x: Tensor, out: Tensor, state: Tensor, threshold: int, scale: float, *, wrap=None
+) -> Tensor:
+    """:func:`mask_scale_state` into ``out``; ``wrap``: ``torch.library.wrap_triton``/``None``."""
+    return _launch_mask(x, out, threshold, scale, state=state, wrap=wrap)
+
+
 def mask_scale_state(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor:
     """``mask_scale`` with ``state = int64[2] [seed, offset]`` on ``x``'s device (no host sync)."""
     x = x.contiguous()
-    return launch_mask_state(x, torch.empty_like(x), state, threshold, scale)
+    return _launch_mask(x, torch.empty_like(x), threshold, scale, state=state)
 
 
 def mask_scale_state_(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor:
     """In-place :func:`mask_scale_state`."""
     if x.is_contiguous():
-        return launch_mask_state(x, x, state, threshold, scale)
+        return _launch_mask(x, x, threshold, scale, state=state)
     dense = x.contiguous()
-    return x.copy_(launch_mask_state(dense, dense, state, threshold, scale))
+    return x.copy_(_launch_mask(dense, dense, threshold, scale, state=state))
 
 
 def _u64_tensor(values: Sequence[int], device: torch.device) -> Tensor:
@@ -492,16 +506,9 @@ def mask_scale_streams(
     return out
 
 
-def _fused_key(seed: int | None, offset: int | None, state: Tensor | None, x: Tensor):
-    if state is not None:
-        return 0, 0, state, True
-    # The state pointer is unused without FROM_STATE; any tensor on the device will do.
-    return _signed64(seed), _signed64(offset), x, False
-
-
 def bias_dropout_add_forward(
     x: Tensor, bias: Tensor, residual: Tensor, threshold: int, scale: float, activation: int,
-    *, seed: int | None = None, offset: int | None = None, state: Tensor | None = None,
+    *, seed: int = 0, offset: int = 0, state: Tensor | None = None,
     block: int | None = None,
 ) -> Tensor:
     """``residual + (keep ? act(x + bias) * scale : 0)`` for contiguous ``x``/``residual``
@@ -516,13 +523,12 @@ def bias_dropout_add_forward(
     if x.numel() == 0:
         return out
     bits = _bf16_bits(x.dtype)
-    seed_arg, offset_arg, state_arg, from_state = _fused_key(seed, offset, state, x)
+    key = _key_args(x, seed, offset, state)
     block = block or _BLOCK
     _bias_dropout_add_kernel[_grid(x.numel(), block)](
         *(_as_kernel_tensor(t, bits) for t in (x, bias, residual, out)),
-        x.numel(), bias.numel(), 1.0 / bias.numel(), seed_arg, offset_arg, state_arg,
-        threshold, _f64_bits(scale),
-        BLOCK=block, ACT=activation, FROM_STATE=from_state, BF16_BITS=bits,
+        x.numel(), bias.numel(), 1.0 / bias.numel(), *key, threshold, _f64_bits(scale),
+        BLOCK=block, ACT=activation, BF16_BITS=bits,
         ROW_ALIGNED=bias.numel() % 8 == 0, num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
     return out
@@ -530,7 +536,7 @@ def bias_dropout_add_forward(
 
 def bias_dropout_add_backward(
     grad: Tensor, x: Tensor, bias: Tensor, threshold: int, scale: float, activation: int,
-    *, seed: int | None = None, offset: int | None = None, state: Tensor | None = None,
+    *, seed: int = 0, offset: int = 0, state: Tensor | None = None,
     block: int | None = None,
 ) -> Tensor:
     """Gradient of ``x + bias`` (before the bias sum): ``act'(x + bias) * mask(grad) * scale``."""
@@ -539,13 +545,12 @@ def bias_dropout_add_backward(
     if x.numel() == 0:
         return grad_x
     bits = _bf16_bits(x.dtype)
-    seed_arg, offset_arg, state_arg, from_state = _fused_key(seed, offset, state, x)
+    key = _key_args(x, seed, offset, state)
     block = block or _BLOCK
     _bias_dropout_add_backward_kernel[_grid(x.numel(), block)](
         *(_as_kernel_tensor(t, bits) for t in (grad, x, bias, grad_x)),
-        x.numel(), bias.numel(), 1.0 / bias.numel(), seed_arg, offset_arg, state_arg,
-        threshold, _f64_bits(scale),
-        BLOCK=block, ACT=activation, FROM_STATE=from_state, BF16_BITS=bits,
+        x.numel(), bias.numel(), 1.0 / bias.numel(), *key, threshold, _f64_bits(scale),
+        BLOCK=block, ACT=activation, BF16_BITS=bits,
         ROW_ALIGNED=bias.numel() % 8 == 0, num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
     return grad_x
