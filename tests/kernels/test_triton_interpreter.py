@@ -255,6 +255,17 @@ def test_streams_match_reference(dtype):
     )
 
 
+def test_streams_longer_than_the_grid_fall_back_to_one_launch_each(monkeypatch):
+    # CUDA caps grid axis 1 at 65535 blocks per stream; pretend it is 1 here.
+    monkeypatch.setattr(kt, "_MAX_GRID_Y", 1)
+    x = _input(2 * 3 * 300, torch.float16).view(2, 3, 300)
+    seeds, offsets = [4, 2**64 - 2], [1, 2, 2**40]
+    _assert_bit_identical(
+        kt.mask_scale_streams(x, seeds, offsets, 50000, _scale(50000)),
+        reference.mask_scale_streams(x, seeds, offsets, 50000, _scale(50000)),
+    )
+
+
 _u64 = st.integers(0, U64 - 1)
 
 

@@ -43,7 +43,6 @@ __all__ = [
     "launch_mask_state",
     "bias_dropout_add_forward",
     "bias_dropout_add_backward",
-    "ACTIVATIONS",
     "MAX_FUSED_HIDDEN",
 ]
 
@@ -58,14 +57,13 @@ BF16_INTEGER_ROUNDING = INTERPRETED
 #: Largest last dimension the fused kernels take (their column arithmetic is float32-exact
 #: below 2**24 - BLOCK); :mod:`dropkit._fused` composes larger ones.
 MAX_FUSED_HIDDEN = 1 << 23
-#: Activations the fused kernel applies to ``x + bias`` (codes are the constexpr ``ACT``).
-ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
 
-# 4096 elements = 512 Philox rows per program: 16 KiB of fp32 in flight, enough
-# to saturate HBM at 4 warps. The interpreter costs ~5 ms per *program* whatever
-# its size, so under it one program covers 64K elements.
+# 4096 elements = 512 Philox rows per program, 32 elements per thread at 4 warps
+# (a starting point, not yet tuned on a GPU). The interpreter costs ~5 ms per
+# *program* whatever its size, so under it one program covers 64K elements.
 _BLOCK = 65536 if INTERPRETED else 4096
 _NUM_WARPS = 4
+_MAX_GRID_Y = 65535  # CUDA's limit on the second grid dimension
 _U64 = 1 << 64
 
 
@@ -495,6 +493,12 @@ def mask_scale_streams(
     # Streams are often small (a few hundred elements): a block near their size
     # wastes fewer masked-off lanes; powers of two keep the compile count at a handful.
     block = max(128, min(_BLOCK, triton.next_power_of_2(numel)))
+    if triton.cdiv(numel, block) > _MAX_GRID_Y:
+        # Streams too long for grid axis 1: one launch per stream instead.
+        for t, seed in enumerate(seeds):
+            for r, offset in enumerate(offsets):
+                _launch_mask(x[t, r], out[t, r], threshold, scale, seed=seed, offset=offset)
+        return out
     bits = _bf16_bits(x.dtype)
     _mask_scale_streams_kernel[(len(seeds) * len(offsets), triton.cdiv(numel, block))](
         _as_kernel_tensor(x, bits), _as_kernel_tensor(out, bits), numel,
