@@ -39,7 +39,11 @@ def _signed(value: int) -> int:
 
 def make_state(seed: int, offset: int, device: torch.device | str | None = None) -> Tensor:
     """Pack a 64-bit seed and offset into an int64[2] tensor on ``device`` (bits preserved)."""
-    return torch.tensor([_signed(seed), _signed(offset)], dtype=torch.int64, device=device)
+    values = (_signed(seed), _signed(offset))
+    if device is None or torch.device(device).type == "cpu":
+        return torch.tensor(values, dtype=torch.int64, device=device)
+    # Fills rather than a copy from host memory: no sync, and allowed while capturing.
+    return torch.cat([torch.full((1,), v, dtype=torch.int64, device=device) for v in values])
 
 
 def draw_state(
