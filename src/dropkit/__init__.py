@@ -18,6 +18,7 @@ from dropkit.nn import (
     SpatialDropout,
 )
 from dropkit.nn.conv import DropBlock2d, DropBlock3d, DropPath
+from dropkit.nn.fused import BiasDropoutAdd
 from dropkit.nn.learned import ConcreteDropout
 from dropkit.nn.noise import GaussianDropout, GaussianNoise
 from dropkit.nn.recurrent import (
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlphaDropout",
+    "BiasDropoutAdd",
     "Dropout",
     "Dropout1d",
     "Dropout2d",

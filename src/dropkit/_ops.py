@@ -12,38 +12,91 @@ In eager mode the same computation runs through :func:`apply`, an
 op's dispatch cost ~35 us per call here, several times the kernel itself on
 activations of a few thousand elements (the fixed cost that made small
 DropPath/DropBlock calls slower than timm's).
+
+The state tensor lives on the input's device and the kernels read it there
+(``kernels.mask_scale_state``): no ``.tolist()``, so no device-to-host sync
+under ``torch.compile`` or inside a CUDA graph. For CUDA tensors the op is a
+``torch.library.triton_op`` around the Triton kernel (registered when triton
+is first imported), which ``torch.compile`` can see into.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from dropkit import kernels
-from dropkit.random import as_int64_bits
 
 _U64 = 1 << 64
+_SEED_HIGH = 2**63 - 1
 
 
-def make_state(seed: int, offset: int) -> Tensor:
-    """Pack a 64-bit seed and offset into an int64 tensor (bit patterns preserved)."""
-    return as_int64_bits((seed, offset))
+def _signed(value: int) -> int:
+    return value - _U64 if value >= 1 << 63 else value
+
+
+def make_state(seed: int, offset: int, device: torch.device | str | None = None) -> Tensor:
+    """Pack a 64-bit seed and offset into an int64[2] tensor on ``device`` (bits preserved)."""
+    values = (_signed(seed), _signed(offset))
+    if device is None or torch.device(device).type == "cpu":
+        return torch.tensor(values, dtype=torch.int64, device=device)
+    # Fills rather than a copy from host memory: no sync, and allowed while capturing.
+    return torch.cat([torch.full((1,), v, dtype=torch.int64, device=device) for v in values])
+
+
+def draw_state(
+    offset: int, device: torch.device | str | None, generator: Optional[torch.Generator] = None
+) -> Tensor:
+    """``[fresh seed, offset]`` made on ``device``: the seed never visits the host.
+
+    On CUDA the seed comes from the device's Philox generator, whose offset
+    torch advances on every replay of a captured CUDA graph, so each replay
+    draws a new mask; under ``torch.compile`` it keeps the graph free of syncs.
+    """
+    source = generator.device if generator is not None else device
+    drawn = torch.randint(
+        0, _SEED_HIGH, (1,), dtype=torch.int64, device=source, generator=generator
+    ).to(device)
+    # torch.full, not torch.tensor: copying a host list is not allowed while capturing.
+    return torch.cat((drawn, torch.full((1,), _signed(offset), dtype=torch.int64, device=device)))
+
+
+def capturing(device: torch.device | str | None) -> bool:
+    """Whether the current CUDA stream of ``device`` is being captured into a CUDA graph."""
+    return (
+        device is not None
+        and torch.device(device).type == "cuda"
+        and torch.cuda.is_current_stream_capturing()
+    )
 
 
 def unpack_state(state: Tensor) -> tuple[int, int]:
+    """``(seed, offset)`` as Python ints. On a CUDA state this is a device-to-host sync:
+    the kernels read the state tensor themselves (``kernels.mask_scale_state``)."""
     seed, offset = state.tolist()
     return seed % _U64, offset % _U64
 
 
 @torch.library.custom_op("dropkit::mask_scale", mutates_args=())
-def mask_scale(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor:
-    seed, offset = unpack_state(state)
-    return kernels.mask_scale(x.contiguous(), seed, offset, threshold, scale)
+def _mask_scale_op(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor:
+    return kernels.mask_scale_state(x.contiguous(), state, threshold, scale)
 
 
-@mask_scale.register_fake
+@_mask_scale_op.register_fake
 def _(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("dropkit::mask_scale_", mutates_args=("x",))
+def _mask_scale_inplace_op(x: Tensor, state: Tensor, threshold: int, scale: float) -> None:
+    kernels.mask_scale_state_(x, state, threshold, scale)
+
+
+@_mask_scale_inplace_op.register_fake
+def _(x: Tensor, state: Tensor, threshold: int, scale: float) -> None:
+    return None
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -57,16 +110,63 @@ def _backward(ctx, grad: Tensor):
     return mask_scale(grad, state, ctx.threshold, ctx.scale), None, None, None
 
 
-mask_scale.register_autograd(_backward, setup_context=_setup_context)
+_mask_scale_op.register_autograd(_backward, setup_context=_setup_context)
+
+# One triton_op per kernels module (the real one; the interpreted copy in tests).
+_triton_ops: dict[int, object] = {}
+
+
+def _triton_mask_scale(backend):
+    """``dropkit::mask_scale_triton``: the Triton kernel as a ``torch.library.triton_op``.
+
+    Registered on first use, because registering imports triton. Unlike the
+    opaque custom op, ``torch.compile`` sees the kernel (``wrap_triton``) and
+    can schedule it like its own; the state tensor is read on the device.
+    """
+    op = _triton_ops.get(id(backend))
+    if op is not None:
+        return op
+    name = "dropkit::mask_scale_triton" + ("_interpreted" if backend.INTERPRETED else "")
+
+    def forward(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor:
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        return backend.launch_mask_state(
+            x, out, state, threshold, scale, wrap=torch.library.wrap_triton
+        )
+
+    op = torch.library.triton_op(name, forward, mutates_args=())
+    op.register_autograd(_backward, setup_context=_setup_context)
+    _triton_ops[id(backend)] = op
+    return op
+
+
+def mask_scale(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor:
+    """Differentiable ``keep ? x * scale : 0`` keyed by ``state = int64[2] [seed, offset]``.
+
+    One graph node under ``torch.compile``: the Triton ``triton_op`` for CUDA
+    tensors, the opaque custom op ``dropkit::mask_scale`` elsewhere. Backward
+    applies the same op to the gradient with the saved 16-byte state.
+
+    Outside compile (a CUDA-graph capture) it is the custom op, which launches
+    the kernel exactly as eager calls do: the capture then finds the binary its
+    warm-up calls compiled and loaded, where a ``wrap_triton`` launch (other
+    compile options) would need a new one, and loading one while capturing fails.
+    """
+    if torch.compiler.is_compiling():
+        backend = kernels.triton_backend(x)
+        if backend is not None:
+            return _triton_mask_scale(backend)(x, state, threshold, scale)
+    return _mask_scale_op(x, state, threshold, scale)
 
 
 class _MaskScaleInplace(torch.autograd.Function):
-    """In-place twin of ``mask_scale`` for eager mode (``inplace=True``)."""
+    """In-place twin of ``mask_scale`` (``inplace=True`` under compile or graph capture)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor:
-        seed, offset = unpack_state(state)
-        kernels.mask_scale_(x, seed, offset, threshold, scale)
+        # A mutating custom op, so torch.compile keeps it one node (no .tolist()).
+        _mask_scale_inplace_op(x, state, threshold, scale)
         ctx.mark_dirty(x)
         ctx.save_for_backward(state)
         ctx.threshold, ctx.scale = threshold, scale

@@ -140,7 +140,19 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     Drawing from torch's generator is what makes ``torch.manual_seed``
     reproduce a run, and what lets ``torch.utils.checkpoint`` (which restores
     that generator before recomputing) regenerate identical masks.
+
+    Raises RuntimeError while a CUDA graph is being captured: a seed drawn on
+    the host would be frozen into the graph and every replay would reuse one
+    mask. ``dropkit.functional.dropout`` draws on the device there instead.
     """
+    # is_initialized() first: capture needs CUDA, and it costs nothing without it.
+    if torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "dropkit: a seed drawn on the host inside a CUDA graph capture would be frozen "
+            "into the graph (every replay would drop the same units); pass seed= "
+            "explicitly, or use dropkit.functional.dropout / dropkit.Dropout / "
+            "bias_dropout_add, which draw their seed on the device while capturing"
+        )
     drawn = torch.randint(0, 2**63 - 1, (), dtype=torch.int64, generator=generator)
     # Under torch.func.vmap(randomness="different") the draw is a batched tensor
     # (one seed per batch entry) that has no single int value: take the first

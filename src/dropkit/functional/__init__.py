@@ -1,7 +1,7 @@
 """Functional dropout ops. Every module in :mod:`dropkit.nn` is a thin wrapper over one of these.
 
 One file per family (``standard``, ``conv``, ``recurrent``, ``weights``,
-``noise``, ``learned``) and one of shared argument checks (``checks``); this
+``noise``, ``learned``, ``fused``) and one of shared argument checks (``checks``); this
 ``__init__`` is the one place that re-exports them (the names in ``__all__``);
 the modules import the checks and types they need from the file that defines
 them. The ops sit below the modules: :mod:`dropkit.nn` imports this package,
@@ -13,6 +13,7 @@ Convention: ``p`` is the probability of *dropping* a unit. The explainer's
 
 from dropkit.functional.checks import Mode, RankError, validate_p
 from dropkit.functional.conv import drop_block2d, drop_block3d, drop_block_gamma, drop_path
+from dropkit.functional.fused import bias_dropout_add
 from dropkit.functional.learned import concrete_dropout
 from dropkit.functional.noise import gaussian_dropout, gaussian_noise
 from dropkit.functional.recurrent import embedding_dropout, locked_dropout, word_dropout, zoneout
@@ -48,6 +49,7 @@ __all__ = [
     "gaussian_dropout",
     "gaussian_noise",
     "concrete_dropout",
+    "bias_dropout_add",
     "Mode",
     "RankError",
     "apply_alpha_mask",

@@ -26,7 +26,7 @@ from dropkit.functional.checks import (
     validate_mode,
     validate_p,
 )
-from dropkit.random import as_int64_bits, as_u64, draw_seed, keep_scale
+from dropkit.random import as_u64, draw_seed, keep_scale
 
 __all__ = [
     "dropout",
@@ -55,25 +55,31 @@ def _resolve_seed(seed: Optional[int], generator: Optional[torch.Generator]) -> 
     return draw_seed(generator) if seed is None else as_u64(seed, "seed")
 
 
-def _state(seed: Optional[int], offset: int, generator: Optional[torch.Generator]) -> Tensor:
-    if seed is None and torch.compiler.is_compiling():
-        # Inside a compiled graph a Python-int seed would be a data-dependent
-        # guard; keep it a tensor so the graph is traced once and stays whole.
-        drawn = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64, generator=generator)
-        return torch.cat((drawn, torch.tensor([offset], dtype=torch.int64)))
-    return _ops.make_state(_resolve_seed(seed, generator), offset)
+def _state(
+    seed: Optional[int],
+    offset: int,
+    generator: Optional[torch.Generator],
+    device: torch.device | None = None,
+) -> Tensor:
+    """``[seed, offset]`` as an int64[2] tensor on ``device``, where the kernel reads it."""
+    offset = as_u64(offset, "offset")
+    if seed is None and (torch.compiler.is_compiling() or _ops.capturing(device)):
+        # A Python-int seed would be a data-dependent guard in a compiled graph
+        # and a constant frozen into a captured CUDA graph: draw it on the device.
+        return _ops.draw_state(offset, device, generator)
+    return _ops.make_state(_resolve_seed(seed, generator), offset, device)
 
 
 def _compiled_state(
-    seed: Optional[int], offset: Offset, generator: Optional[torch.Generator]
+    seed: Optional[int],
+    offset: Offset,
+    generator: Optional[torch.Generator],
+    device: torch.device | None = None,
 ) -> Tensor:
     if not isinstance(offset, Tensor):
-        return _state(seed, offset, generator)
+        return _state(seed, offset, generator, device)
     # A seeded module's counter: the offset is a tensor read from its buffer.
-    if seed is None:
-        key = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64, generator=generator)
-    else:
-        key = as_int64_bits((as_u64(seed, "seed"),))
+    key = _state(seed, 0, generator, device)[:1]
     return torch.cat((key, offset.reshape(1).to(device=key.device, dtype=torch.int64)))
 
 
@@ -94,8 +100,8 @@ def _masked(
     inplace: bool,
 ) -> Tensor:
     """``keep ? input * scale : 0`` with one mask value per element."""
-    if torch.compiler.is_compiling():
-        state = _compiled_state(seed, offset, generator)
+    if torch.compiler.is_compiling() or (seed is None and _ops.capturing(input.device)):
+        state = _compiled_state(seed, offset, generator, input.device)
         if inplace:
             return _ops.mask_scale_inplace(input, state, threshold, scale)
         return _ops.mask_scale(input, state, threshold, scale)

@@ -168,11 +168,13 @@ def alpha_dropout(x, rate: float, *, seed: Seed, offset=0, noise_shape=None):
     threshold, keep_prob, _ = _keep_scale(rate)
     if threshold == 0:
         return ops.zeros_like(x)
-    keep = ops.cast(keep_mask(mask_shape, rate, seed, offset), x.dtype)
+    keep = ops.broadcast_to(keep_mask(mask_shape, rate, seed, offset), shape)
     alpha = _SELU_NEGATIVE_SATURATION
     a = (keep_prob + alpha**2 * keep_prob * (1.0 - keep_prob)) ** -0.5
     b = -a * (1.0 - keep_prob) * alpha
-    return x * (keep * a) + ((1.0 - keep) * (a * alpha) + b)
+    # As dropkit.functional.apply_alpha_mask: a select, so inf/NaN never leak from dropped units.
+    dropped = ops.cast(ops.convert_to_tensor(a * alpha + b), x.dtype)
+    return ops.where(keep, x * a + b, dropped)
 
 
 def drop_path(x, rate: float, *, seed: Seed, offset=0, scale_by_keep: bool = True):

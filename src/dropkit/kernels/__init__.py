@@ -25,13 +25,24 @@ Dispatch (``backend_name(x)`` says which one serves ``x``):
   compiled kernel (``_native.c``, the best instruction set the CPU has, chosen
   at run time) for CPU tensors of dtype float32, float64, float16 and
   bfloat16, run on ``torch.get_num_threads()`` threads;
-* ``"reference"``: :mod:`dropkit.kernels.reference` for everything else (CUDA,
-  other dtypes), when ``DROPKIT_NATIVE=0``, or when the compiled module is
-  missing (then one warning is emitted on first CPU use).
+* ``"triton"``: :mod:`dropkit.kernels.triton` for CUDA tensors of those four
+  dtypes, when ``triton`` imports. It is imported on the first CUDA tensor, so
+  ``import dropkit`` never imports triton on its own;
+* ``"reference"``: :mod:`dropkit.kernels.reference` for everything else (other
+  devices and dtypes), when ``DROPKIT_NATIVE=0`` / ``DROPKIT_TRITON=0``, or
+  when the compiled module / triton is missing (then one warning is emitted on
+  first use).
 
 ``DROPKIT_NATIVE`` (read once, at import): unset, ``""`` or ``"auto"`` uses
 the native kernel when it was built; ``"0"`` forces the reference; ``"1"``
 requires the native kernel and makes a missing build an ImportError.
+``DROPKIT_TRITON`` (read once, at import) takes the same values for CUDA
+tensors; with ``"1"`` a missing triton is an ImportError on the first CUDA call.
+
+Two calls take the key as an int64[2] tensor ``[seed, offset]`` (u64 bit
+patterns) on the input's device instead of Python ints, so a seed drawn on the
+GPU never visits the host (``torch.compile``, CUDA graphs):
+``mask_scale_state(x, state, threshold, scale)`` and ``mask_scale_state_``.
 """
 
 from __future__ import annotations
@@ -46,7 +57,16 @@ from torch import Tensor
 from dropkit.kernels import reference
 from dropkit.random import as_int64_bits
 
-__all__ = ["mask_scale", "mask_scale_", "mask_scale_streams", "backend_name", "native_module"]
+__all__ = [
+    "mask_scale",
+    "mask_scale_",
+    "mask_scale_state",
+    "mask_scale_state_",
+    "mask_scale_streams",
+    "backend_name",
+    "native_module",
+    "triton_backend",
+]
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 _ENV_VAR = "DROPKIT_NATIVE"
@@ -79,6 +99,56 @@ def _load_native():
 
 _native, _native_missing_reason = _load_native()
 _warned_missing = False
+
+_TRITON_VAR = "DROPKIT_TRITON"
+
+
+def _triton_setting() -> str:
+    setting = os.environ.get(_TRITON_VAR, "").strip().lower()
+    if setting not in _ENV_CHOICES:
+        raise ValueError(
+            f"{_TRITON_VAR} has to be one of {_ENV_CHOICES[1:]} or unset, "
+            f"but got {os.environ[_TRITON_VAR]!r}"
+        )
+    return setting
+
+
+_triton_mode = _triton_setting()
+# None: not tried yet; False: tried and unavailable; otherwise the module.
+_triton = None
+
+
+def _load_triton():
+    """dropkit.kernels.triton, imported on first use, or ``False`` when triton is missing."""
+    global _triton
+    if _triton is None:
+        try:
+            from dropkit.kernels import triton as triton_kernels
+        except ImportError as error:
+            if _triton_mode == "1":
+                raise ImportError(
+                    f"{_TRITON_VAR}=1 requires triton for CUDA tensors, which failed to "
+                    f"import ({error}); pip install triton"
+                ) from error
+            warnings.warn(
+                f"dropkit: triton unavailable ({error}); CUDA tensors use the slower "
+                f"pure-PyTorch reference (set {_TRITON_VAR}=0 to silence)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            triton_kernels = False
+        _triton = triton_kernels
+    return _triton
+
+
+def triton_backend(x: Tensor):
+    """:mod:`dropkit.kernels.triton` when it serves ``x`` (CUDA, a served dtype), else ``None``.
+
+    Importing triton happens here, on the first CUDA tensor, never at ``import dropkit``.
+    """
+    if x.device.type != "cuda" or x.dtype not in _DTYPE_CODES or _triton_mode == "0":
+        return None
+    return _load_triton() or None
 
 
 def native_module():
@@ -113,6 +183,8 @@ def backend_name(x: Tensor | None = None) -> str:
     """Name of the backend that would serve ``x`` (a CPU float32 tensor when ``None``)."""
     if x is None:
         x = torch.empty(0)
+    if triton_backend(x) is not None:
+        return "triton"
     if x.device.type != "cpu" or x.dtype not in _DTYPE_CODES or _native is None:
         return "reference"
     return f"native-{_native.isa()}"
@@ -134,6 +206,9 @@ def _run_native(x: Tensor, out: Tensor, seed: int, offset: int, threshold: int, 
 
 
 def mask_scale(x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
+    fast = triton_backend(x)
+    if fast is not None:
+        return fast.mask_scale(x, seed, offset, threshold, scale)
     if not _native_serves(x):
         return reference.mask_scale(x, seed, offset, threshold, scale)
     # Element i means flat row-major index i: other layouts are copied first.
@@ -142,6 +217,9 @@ def mask_scale(x: Tensor, seed: int, offset: int, threshold: int, scale: float) 
 
 
 def mask_scale_(x: Tensor, seed: int, offset: int, threshold: int, scale: float) -> Tensor:
+    fast = triton_backend(x)
+    if fast is not None:
+        return fast.mask_scale_(x, seed, offset, threshold, scale)
     if not _native_serves(x):
         return reference.mask_scale_(x, seed, offset, threshold, scale)
     if x.is_contiguous():
@@ -160,6 +238,9 @@ def mask_scale_streams(
             f"mask_scale_streams expects x of shape ({len(seeds)}, {len(offsets)}, ...) for "
             f"{len(seeds)} seeds and {len(offsets)} offsets, but got {tuple(x.shape)}"
         )
+    fast = triton_backend(x)
+    if fast is not None:
+        return fast.mask_scale_streams(x, seeds, offsets, threshold, scale)
     if not _native_serves(x):
         return reference.mask_scale_streams(x, seeds, offsets, threshold, scale)
     x = x.contiguous()
@@ -180,3 +261,29 @@ def mask_scale_streams(
         torch.get_num_threads(),
     )
     return out
+
+
+def _unpack(state: Tensor) -> tuple[int, int]:
+    # Only for CPU tensors, where reading two ints is not a device sync.
+    seed, offset = state.tolist()
+    return seed % (1 << 64), offset % (1 << 64)
+
+
+def mask_scale_state(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor:
+    """``mask_scale`` keyed by ``state = int64[2] [seed, offset]`` on ``x``'s device."""
+    fast = triton_backend(x)
+    if fast is not None:
+        return fast.mask_scale_state(x, state, threshold, scale)
+    if _native_serves(x) and state.device.type == "cpu":
+        return mask_scale(x, *_unpack(state), threshold, scale)
+    return reference.mask_scale_state(x.contiguous(), state, threshold, scale)
+
+
+def mask_scale_state_(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor:
+    """In-place :func:`mask_scale_state`."""
+    fast = triton_backend(x)
+    if fast is not None:
+        return fast.mask_scale_state_(x, state, threshold, scale)
+    if _native_serves(x) and state.device.type == "cpu":
+        return mask_scale_(x, *_unpack(state), threshold, scale)
+    return reference.mask_scale_state_(x, state, threshold, scale)

@@ -2,6 +2,7 @@
 
 from dropkit.nn.base import load_stream_state, stream_state
 from dropkit.nn.conv import DropBlock2d, DropBlock3d, DropPath
+from dropkit.nn.fused import BiasDropoutAdd
 from dropkit.nn.learned import ConcreteDropout
 from dropkit.nn.noise import GaussianDropout, GaussianNoise
 from dropkit.nn.recurrent import (
@@ -23,6 +24,7 @@ from dropkit.nn.standard import (
 from dropkit.nn.weights import DropConnect
 
 __all__ = [
+    "BiasDropoutAdd",
     "AlphaDropout",
     "Dropout",
     "Dropout1d",
