@@ -14,8 +14,16 @@ import torch
 from typer.testing import CliRunner
 
 from dropkit.lab.cli import app
-from dropkit.lab.reproduce import PROTOCOLS, ReproduceError, get_protocol, judge, paired_comparison
-from dropkit.lab.reproduce import gal2016_uci, srivastava2014_mnist, zaremba2014_ptb
+from dropkit.lab.reproduce import (
+    PROTOCOLS,
+    ReproduceError,
+    gal2016_uci,
+    get_protocol,
+    judge,
+    paired_comparison,
+    srivastava2014_mnist,
+    zaremba2014_ptb,
+)
 from dropkit.lab.reproduce._base import holm
 from dropkit.lab.store import open_store
 from tests.conftest import require_shared
