@@ -51,9 +51,9 @@ def test_conv_filters_and_conv_transpose_output_channels():
         conv.weight.mul_(100.0)
         deconv.weight.mul_(100.0)
     dropkit.max_norm_(nn.Sequential(conv, deconv), 0.5)
-    assert float(conv.weight.flatten(1).norm(dim=1).max()) <= 0.5 * (1 + 1e-6)
+    assert float(conv.weight.detach().flatten(1).norm(dim=1).max()) <= 0.5 * (1 + 1e-6)
     # ConvTranspose weight is (in, out, kH, kW): an output channel's weights are dim 1.
-    per_output = deconv.weight.transpose(0, 1).flatten(1).norm(dim=1)
+    per_output = deconv.weight.detach().transpose(0, 1).flatten(1).norm(dim=1)
     assert float(per_output.max()) <= 0.5 * (1 + 1e-6)
 
 
