@@ -302,7 +302,8 @@ PROTOCOL = Protocol(
     default_epochs=3,
     default_seeds=(0, 1, 2),
     budget_unit="epochs of 500 updates per run (18 runs)",
-    budget_note="about 30 minutes of a loaded 2-core machine (18 runs x 3 epochs)",
+    budget_note="18 runs x 3 epochs; 45 minutes of wall time measured on a shared 2-core "
+    "machine at load average 11-18 (2026-12-01)",
     check_data=check_data,
     run=run,
 )
