@@ -391,7 +391,8 @@ def reproduce(
         None, help="Budget in the protocol's unit (see --list); default: the protocol's own."
     ),
     seeds: Optional[str] = typer.Option(
-        None, help="Seeds, comma-separated (default 0,1,2; verdicts need at least 3)."
+        None, help="Seeds, comma-separated (default: the protocol's, see --list; verdicts need "
+        "at least 3). For gal2016-uci they are split indices."
     ),
     threads: int = typer.Option(
         1, help="torch intra-op threads (default 1: on a shared machine more threads contend)."
