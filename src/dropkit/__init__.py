@@ -6,6 +6,7 @@ The public API is flat: ``dropkit.Dropout``, ``dropkit.functional.dropout``,
 
 from dropkit import analysis, distributed, functional, mc, metrics, random, schedule
 from dropkit.check import Finding, check, recalibrate_batchnorm, variance_shift
+from dropkit.constraints import MaxNorm, max_norm_
 from dropkit.convert import Conversion, convert, set_p
 from dropkit.losses import r_drop_loss
 from dropkit.nn import (
@@ -60,6 +61,8 @@ __all__ = [
     "WordDropout",
     "Zoneout",
     "losses",
+    "MaxNorm",
+    "max_norm_",
     "r_drop_loss",
     "Conversion",
     "Finding",

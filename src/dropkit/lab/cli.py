@@ -514,6 +514,70 @@ def uci(ctx: typer.Context) -> None:
     raise typer.Exit(code=code)
 
 
+@lab.command("reproduce")
+def reproduce(
+    name: Optional[str] = typer.Argument(
+        None, help="Protocol name (see --list), e.g. srivastava2014-mnist."
+    ),
+    list_protocols: bool = typer.Option(False, "--list", help="List the paper protocols."),
+    epochs: Optional[int] = typer.Option(
+        None, help="Budget in the protocol's unit (see --list); default: the protocol's own."
+    ),
+    seeds: Optional[str] = typer.Option(
+        None, help="Seeds, comma-separated (default: the protocol's, see --list; verdicts need "
+        "at least 3). For gal2016-uci they are split indices."
+    ),
+    threads: int = typer.Option(
+        1, help="torch intra-op threads (default 1: on a shared machine more threads contend)."
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Folder with the data sets (default: $DROPKIT_DATA)."
+    ),
+    store: Optional[Path] = StoreOption,
+    progress: bool = typer.Option(True, help="Print each epoch as it finishes (stderr)."),
+) -> None:
+    """Run a paper's protocol (resumable, recorded in the store); print the paper beside ours."""
+    from rich.table import Table
+
+    from dropkit.lab.reproduce import PROTOCOLS, ReproduceError, get_protocol
+    from dropkit.lab.reproduce._base import check_budget
+    from dropkit.lab.store import ConfigConflictError, open_store
+
+    if list_protocols:
+        table = Table("protocol", "paper", "what it runs", "default budget")
+        for protocol in PROTOCOLS.values():
+            table.add_row(protocol.name, protocol.citation, protocol.description,
+                          f"--epochs {protocol.default_epochs} ({protocol.budget_unit}), seeds "
+                          f"{','.join(map(str, protocol.default_seeds))}: {protocol.budget_note}")
+        _console.print(table)
+        return
+    if name is None:
+        _fail("name a protocol (e.g. dropkit lab reproduce srivastava2014-mnist) or pass --list")
+    if threads < 1:
+        _fail(f"--threads has to be >= 1, but got {threads}")
+    try:
+        protocol = get_protocol(name)
+        chosen_seeds = _list_option(seeds, "seeds", int)
+        budget, seed_list = check_budget(
+            name, protocol.default_epochs if epochs is None else epochs,
+            protocol.default_seeds if chosen_seeds is None else chosen_seeds,
+        )
+        protocol.check_data(data_dir)
+    except ReproduceError as error:
+        _fail(str(error))
+    import torch
+
+    torch.set_num_threads(threads)
+    path = _store_path(store)
+    with open_store(path) as handle:
+        try:
+            result = protocol.run(handle, data_dir, budget, seed_list, progress)
+        except (ReproduceError, ConfigConflictError) as error:
+            _fail(str(error))
+    _console.print(result.markdown(), markup=False, highlight=False, soft_wrap=True)
+    _console.print(f"store: {path}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point (``dropkit``) and ``python -m dropkit``."""
     app(prog_name="dropkit")

@@ -46,7 +46,7 @@ from dropkit.lab.uci.cli import main
 from dropkit.lab.uci.loader import DATASETS, UCIDataset, default_uci_root, load_uci
 from dropkit.lab.uci.protocol import SplitResult, UCIProtocol
 from dropkit.lab.uci.runner import run_benchmark, run_split
-from dropkit.lab.uci.table import format_table, published_results, summarise
+from dropkit.lab.uci.table import PUBLISHED_TYPED_IN, format_table, published_results, summarise
 
 __all__ = [
     "DATASETS",
@@ -56,6 +56,7 @@ __all__ = [
     "default_uci_root",
     "load_uci",
     "published_results",
+    "PUBLISHED_TYPED_IN",
     "run_split",
     "run_benchmark",
     "summarise",

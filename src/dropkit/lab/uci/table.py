@@ -13,7 +13,7 @@ import numpy as np
 
 from dropkit.lab.uci.loader import DATASETS, default_uci_root
 
-__all__ = ["format_table", "published_results", "summarise"]
+__all__ = ["PUBLISHED_TYPED_IN", "format_table", "published_results", "summarise"]
 
 # Names used in the reference README's results table.
 _README_NAMES = {
@@ -31,7 +31,7 @@ _README_NAMES = {
 # Typed in from the results table of github.com/yaringal/DropoutUncertaintyExps
 # README.md (2018 update): (grid RMSE, SE, grid LL, SE, BayesOpt RMSE, SE,
 # BayesOpt LL, SE). Used only when the README copy is not beside the data.
-_PUBLISHED_FALLBACK = {
+PUBLISHED_TYPED_IN = {
     "bostonHousing": (2.90, 0.18, -2.40, 0.04, 2.83, 0.17, -2.40, 0.04),
     "concrete": (4.82, 0.16, -2.93, 0.02, 4.93, 0.14, -2.97, 0.02),
     "energy": (0.54, 0.06, -1.21, 0.01, 1.08, 0.03, -1.72, 0.01),
@@ -84,7 +84,7 @@ def published_results(readme: Optional[os.PathLike | str] = None) -> dict[str, d
             "ll_bayesopt": (v[6], v[7]),
             "source": source,
         }
-        for name, v in _PUBLISHED_FALLBACK.items()
+        for name, v in PUBLISHED_TYPED_IN.items()
     }
 
 
