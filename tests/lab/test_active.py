@@ -61,6 +61,7 @@ def test_end_to_end_tiny_budget(tmp_path):
     # The same seed trains the same first network whatever the function: same start.
     assert result.errors["bald"][0][0] == result.errors["random"][0][0]
     assert len(lines) == 2 * 3 and "test error" in lines[0]
+    assert lines[1].startswith("random seed 0: round 0/2")  # round by round, in lockstep
     table = result.table()
     assert "bald" in table and "random" in table and ">20" in table and "deviations" in table
     result.plot(tmp_path / "curves.png")

@@ -352,18 +352,29 @@ def run_active_learning(
     )
     errors: dict[str, list[list[float]]] = {name: [] for name in functions}
     chosen_labels: dict[str, list[list[int]]] = {name: [] for name in functions}
+    options = dict(
+        pool_subset=pool_subset, acquire=acquire, mc_samples=mc_samples, epochs=epochs,
+        batch_size=batch_size, weight_decay=weight_decay,
+    )
     started = time.perf_counter()
-    # Seeds outer: an interrupted run still has every function at the first seeds.
     for seed in seeds:
-        for name in functions:
-            run, labels = _one_run(
-                name, seed, train_x, train_y, test_x, test_y, rounds=rounds,
-                pool_subset=pool_subset, initial_per_class=initial_per_class, acquire=acquire,
-                mc_samples=mc_samples, epochs=epochs, batch_size=batch_size,
-                weight_decay=weight_decay, progress=progress,
-            )
-            errors[name].append(run)
-            chosen_labels[name].append(labels)
+        runs = {
+            name: _Run(name, seed, train_x, train_y, initial_per_class) for name in functions
+        }
+        # Round by round across the functions: a run cut short still compares all of
+        # them over the same number of acquisitions.
+        for round_index in range(rounds + 1):
+            for name, run in runs.items():
+                error = run.step(round_index, rounds, test_x, test_y, **options)
+                if progress is not None:
+                    progress(
+                        f"{name} seed {seed}: round {round_index}/{rounds}, "
+                        f"{run.labelled.numel()} labelled, test error {error:.4f}, "
+                        f"{time.perf_counter() - started:.0f} s"
+                    )
+        for name, run in runs.items():
+            errors[name].append(run.errors)
+            chosen_labels[name].append(train_y[run.labelled].tolist())
     return ActiveLearningResult(
         acquired=[r * acquire for r in range(rounds + 1)],
         seeds=list(seeds),
@@ -374,47 +385,54 @@ def run_active_learning(
     )
 
 
-def _one_run(
-    name: str, seed: int, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
-    *, rounds: int, pool_subset: int, initial_per_class: int, acquire: int, mc_samples: int,
-    epochs: int, batch_size: int, weight_decay: float,
-    progress: Optional[Callable[[str], None]],
-) -> tuple[list[float], list[int]]:
-    generator = torch.Generator().manual_seed(seed)
-    labelled = _balanced_start(train_y, initial_per_class, generator)
-    unlabelled = torch.ones(train_y.shape[0], dtype=torch.bool)
-    unlabelled[labelled] = False
-    errors: list[float] = []
-    for round_index in range(rounds + 1):
-        # One seed per (run seed, round): the network of round r is the same whichever
-        # function chose the data, so curves differ by the data alone.
-        round_seed = seed * 1_000_003 + round_index
+class _Run:
+    """One acquisition function's active-learning state for one seed."""
+
+    def __init__(
+        self, name: str, seed: int, train_x: Tensor, train_y: Tensor, initial_per_class: int
+    ) -> None:
+        self.name, self.seed = name, seed
+        self.train_x, self.train_y = train_x, train_y
+        # Same seed -> same initial labels and the same pool subsets' random stream for
+        # every function.
+        self.generator = torch.Generator().manual_seed(seed)
+        self.labelled = _balanced_start(train_y, initial_per_class, self.generator)
+        self.unlabelled = torch.ones(train_y.shape[0], dtype=torch.bool)
+        self.unlabelled[self.labelled] = False
+        self.errors: list[float] = []
+
+    def step(
+        self, round_index: int, rounds: int, test_x: Tensor, test_y: Tensor, *,
+        pool_subset: int, acquire: int, mc_samples: int, epochs: int, batch_size: int,
+        weight_decay: float,
+    ) -> float:
+        """Train on the labelled set, measure the test error, then acquire (not after the last)."""
+        # One seed per (run seed, round): the network of round r starts from the same
+        # initialisation whichever function chose the data.
+        round_seed = self.seed * 1_000_003 + round_index
         model = _train(
-            train_x[labelled], train_y[labelled], epochs=epochs, batch_size=batch_size,
-            weight_decay=weight_decay, seed=round_seed,
+            self.train_x[self.labelled], self.train_y[self.labelled], epochs=epochs,
+            batch_size=batch_size, weight_decay=weight_decay, seed=round_seed,
         )
         test_probs = mc.predict(model, test_x, mc_samples, seed=round_seed).mean
         error = float((test_probs.argmax(-1) != test_y).double().mean())
-        errors.append(error)
-        if progress is not None:
-            progress(
-                f"{name} seed {seed}: round {round_index}/{rounds}, "
-                f"{labelled.numel()} labelled, test error {error:.4f}"
-            )
+        self.errors.append(error)
         if round_index == rounds:
-            break
-        candidates = torch.nonzero(unlabelled).flatten()
-        subset = candidates[torch.randperm(candidates.numel(), generator=generator)[:pool_subset]]
-        if name == "random":
+            return error
+        candidates = torch.nonzero(self.unlabelled).flatten()
+        order = torch.randperm(candidates.numel(), generator=self.generator)
+        subset = candidates[order[:pool_subset]]
+        if self.name == "random":
             # No model call: random acquisition must not pay for MC sampling.
-            scores = torch.rand(subset.numel(), generator=generator, dtype=torch.float64)
+            scores = torch.rand(subset.numel(), generator=self.generator, dtype=torch.float64)
         else:
-            probs = mc.predict(model, train_x[subset], mc_samples, seed=round_seed + 7).probs
-            scores = _scores(name, probs, round_seed)
+            pool = self.train_x[subset]
+            probs = mc.predict(model, pool, mc_samples, seed=round_seed + 7).probs
+            scores = _scores(self.name, probs, round_seed)
         picked = subset[acquisition.select(scores, min(acquire, subset.numel()))]
-        labelled = torch.cat([labelled, picked])
-        unlabelled[picked] = False
-    return errors, train_y[labelled].tolist()
+        self.labelled = torch.cat([self.labelled, picked])
+        self.unlabelled[picked] = False
+        return error
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
