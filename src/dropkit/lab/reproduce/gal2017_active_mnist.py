@@ -365,11 +365,12 @@ def run_active_learning(
         # them over the same number of acquisitions.
         for round_index in range(rounds + 1):
             for name, run in runs.items():
+                trained_on = run.labelled.numel()
                 error = run.step(round_index, rounds, test_x, test_y, **options)
                 if progress is not None:
                     progress(
                         f"{name} seed {seed}: round {round_index}/{rounds}, "
-                        f"{run.labelled.numel()} labelled, test error {error:.4f}, "
+                        f"trained on {trained_on}, test error {error:.4f}, "
                         f"{time.perf_counter() - started:.0f} s"
                     )
         for name, run in runs.items():
