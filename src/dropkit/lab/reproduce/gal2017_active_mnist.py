@@ -308,9 +308,13 @@ def run_active_learning(
     Returns:
         :class:`ActiveLearningResult`: printable as a table, plottable.
 
-    Budget: with the defaults (4 functions, 2 seeds, 30 rounds, 50 epochs) about 30
-    minutes on 2 quiet CPU cores; the cost grows with ``rounds**2`` (training on a
-    labelled set that grows every round).
+    Budget: the defaults (4 functions, 2 seeds, 30 rounds, 50 epochs) are sized for
+    about 30 minutes on 2 quiet CPU cores, an estimate from per-step costs that has
+    not been timed on a quiet machine. On the shared development machine (load ~13
+    on 2 cores, 2026-12-01) one function-round took ~15 s of CPU time and ~90 s of
+    wall time early on. Training cost grows with ``rounds**2`` (the labelled set
+    grows every round); scoring and testing grow with ``pool_subset``,
+    ``test_subset`` and ``mc_samples``.
     """
     _validate(
         functions, rounds, seeds, pool_subset=pool_subset, initial_per_class=initial_per_class,
