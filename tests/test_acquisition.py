@@ -196,9 +196,10 @@ def test_batch_bald_chooses_the_same_inputs_as_baal(seed):
 
     ours = acq.batch_bald(probs, k).indices.tolist()
     # baal estimates every joint entropy from num_draw sampled configurations; with
-    # 40,000 draws its noise is far below the gaps between the greedy candidates here.
+    # 10,000 draws its noise is far below the gaps between the greedy candidates here
+    # (5,000 already gave the same picks on 3 reseeded repeats of each case).
     torch.manual_seed(seed)
-    theirs = baal_heuristics.BatchBALD(num_samples=k - 1, num_draw=40_000)
+    theirs = baal_heuristics.BatchBALD(num_samples=k - 1, num_draw=10_000)
     uncertainties = theirs.compute_score(_baal_layout(probs))
     # baal returns the picks' scores (zero elsewhere) and starts, like us, with BALD's top.
     assert canonical(ours) == canonical(np.flatnonzero(uncertainties).tolist())
