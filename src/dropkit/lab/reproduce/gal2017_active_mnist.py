@@ -259,12 +259,6 @@ def _train(
     return model.eval()
 
 
-def _scores(name: str, probs: Tensor, seed: int) -> Tensor:
-    if name == "random":
-        return acquisition.random(probs, seed=seed)
-    return acquisition.SCORES[name](probs)
-
-
 def run_active_learning(
     data_dir: Optional[str | Path],
     *,
@@ -433,7 +427,7 @@ class _Run:
         else:
             pool = self.train_x[subset]
             probs = mc.predict(model, pool, mc_samples, seed=round_seed + 7).probs
-            scores = _scores(self.name, probs, round_seed)
+            scores = acquisition.SCORES[self.name](probs)
         picked = subset[acquisition.select(scores, min(acquire, subset.numel()))]
         self.labelled = torch.cat([self.labelled, picked])
         self.unlabelled[picked] = False
