@@ -130,3 +130,40 @@ def test_variance_scaler_refuses_small_sets_and_bad_variance():
         VarianceScaler().fit(torch.zeros(30), torch.zeros(30), torch.zeros(30))
     with pytest.raises(ValueError, match=r"level must be in \(0, 1\)"):
         VarianceScaler(level=1.0)
+
+
+def test_temperature_on_an_overfitted_mc_dropout_network():
+    # A wide MLP trained to near-zero loss on 200 noisy examples is over-confident on
+    # new ones even after MC averaging; temperature scaling of the MC mean must cut the
+    # held-out NLL and keep the accuracy.
+    from torch import nn
+
+    from dropkit import mc
+
+    generator = torch.Generator().manual_seed(7)
+    centres = 0.5 * torch.randn(3, 10, generator=generator)  # overlapping classes
+
+    def draw(rows):
+        labels = torch.randint(0, 3, (rows,), generator=generator)
+        return centres[labels] + torch.randn(rows, 10, generator=generator), labels
+
+    x_train, y_train = draw(200)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, 3))
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(300):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(net(x_train), y_train).backward()
+        optimiser.step()
+    x_val, y_val = draw(1000)
+    x_test, y_test = draw(1000)
+    val = mc.predict(net, x_val, 20, seed=0).mean
+    test = mc.predict(net, x_test, 20, seed=1).mean
+    scaler = TemperatureScaler(inputs="probs").fit(val, y_val)
+    assert scaler.temperature > 1.2  # over-confident: softened
+    calibrated = scaler.transform(test)
+    assert metrics.nll(calibrated, y_test) < 0.5 * metrics.nll(test, y_test)
+    assert metrics.expected_calibration_error(calibrated, y_test) < (
+        metrics.expected_calibration_error(test, y_test)
+    )
+    assert torch.equal(calibrated.argmax(-1), test.argmax(-1))
