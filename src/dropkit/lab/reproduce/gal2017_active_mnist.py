@@ -20,7 +20,9 @@ Keras code as far as we know it; deviations are listed below):
 
 What the paper reports (Table 1, "number of acquired images to get to model error
 of 10 % on MNIST", Bayesian CNN): BALD 145, Variation ratios 120, Max entropy 165,
-Mean STD 230, Random 255. See docs/mc.md for where these numbers were checked.
+Mean STD 230, Random 255 (quoted by the issue; not confirmed against the paper's
+text here). docs/mc.md compares the protocol with the authors' Keras code, which
+differs from the text in kernel size, dense width, epochs and T.
 
 Deviations, all deliberate and printed with the result:
 
