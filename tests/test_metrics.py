@@ -130,3 +130,77 @@ def test_mc_log_likelihood_matches_logsumexp():
 def test_bad_inputs_raise_clear_errors(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+# --- adaptive ECE, AURC, CRPS, miscalibration area ---------------------------------------
+
+
+def test_adaptive_ece_matches_netcal_equal_mass_bins(classification):
+    netcal_metrics = pytest.importorskip("netcal.metrics")
+    probs, labels = classification  # 500 rows, distinct confidences
+    for bins in (5, 10, 20):  # 500 is a multiple of each: equal-mass bins agree exactly
+        reference = netcal_metrics.ECE(bins, equal_intervals=False).measure(probs, labels)
+        assert metrics.adaptive_calibration_error(probs, labels, bins) == pytest.approx(
+            reference, rel=1e-9
+        )
+
+
+def test_adaptive_ece_by_hand():
+    # Confidences 0.6, 0.7 (both right) | 0.8, 0.9 (one wrong): gaps 0.35 and 0.35.
+    probs = np.array([[0.6, 0.4], [0.3, 0.7], [0.8, 0.2], [0.1, 0.9]])
+    labels = np.array([0, 1, 1, 1])
+    assert metrics.adaptive_calibration_error(probs, labels, 2) == pytest.approx(
+        (abs(2 - 1.3) + abs(1 - 1.7)) / 4
+    )
+    # One bin: |accuracy - mean confidence| overall.
+    assert metrics.adaptive_calibration_error(probs, labels, 1) == pytest.approx(abs(0.75 - 0.75))
+
+
+def test_aurc_is_one_minus_selective_area_and_orders_rankings():
+    rng = np.random.default_rng(3)
+    errors = rng.uniform(size=400) < 0.3
+    good = errors + 0.5 * rng.uniform(size=400)  # errors ranked mostly last
+    assert metrics.aurc(good, errors) == pytest.approx(
+        1 - metrics.selective_prediction(good, ~errors).area, rel=1e-12
+    )
+    assert metrics.aurc(good, errors) < metrics.aurc(rng.uniform(size=400), errors)
+    # Hand example: losses in uncertainty order 0, 1, 0 -> risks 0, 1/2, 1/3.
+    assert metrics.aurc([0.1, 0.2, 0.3], [0, 1, 0]) == pytest.approx((0 + 0.5 + 1 / 3) / 3)
+
+
+def test_crps_gaussian_closed_form_matches_integration():
+    from scipy.integrate import quad
+
+    mean, sd, y = 0.3, 1.7, -1.1
+    integral = quad(lambda x: norm.cdf(x, mean, sd) ** 2, -np.inf, y)[0] + quad(
+        lambda x: (norm.cdf(x, mean, sd) - 1) ** 2, y, np.inf
+    )[0]
+    assert metrics.crps_gaussian([mean], [sd**2], [y]) == pytest.approx(integral, rel=1e-7)
+    # As the variance vanishes the CRPS tends to the absolute error.
+    assert metrics.crps_gaussian([mean], [1e-12], [y]) == pytest.approx(abs(mean - y), rel=1e-5)
+
+
+def test_crps_and_miscalibration_area_match_uncertainty_toolbox():
+    uct = pytest.importorskip("uncertainty_toolbox")
+    rng = np.random.default_rng(4)
+    mean = rng.normal(size=300)
+    std = rng.uniform(0.2, 2.0, size=300)
+    target = mean + 0.6 * std * rng.normal(size=300)  # intervals too wide
+    assert metrics.crps_gaussian(mean, std**2, target) == pytest.approx(
+        uct.metrics_scoring_rule.crps_gaussian(mean, std, target), rel=1e-9
+    )
+    assert metrics.miscalibration_area(mean, std**2, target) == pytest.approx(
+        uct.miscalibration_area(mean, std, target), rel=1e-6
+    )
+
+
+def test_miscalibration_area_is_small_when_calibrated_and_large_when_not():
+    rng = np.random.default_rng(5)
+    mean = np.zeros(20000)
+    target = rng.normal(size=20000)
+    # Calibrated: the empirical coverage curve deviates by O(1/sqrt(N)) ~ 0.007.
+    assert metrics.miscalibration_area(mean, np.ones(20000), target) < 0.01
+    # sigma 100x too small: intervals cover almost nothing at any level; area near 1/2.
+    assert metrics.miscalibration_area(mean, np.full(20000, 0.01), target) > 0.4
+    with pytest.raises(ValueError, match="n_levels must be an int >= 2"):
+        metrics.miscalibration_area(mean, np.ones(20000), target, n_levels=1)

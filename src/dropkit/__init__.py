@@ -4,7 +4,18 @@ The public API is flat: ``dropkit.Dropout``, ``dropkit.functional.dropout``,
 ``dropkit.random`` (the Philox contract).
 """
 
-from dropkit import analysis, distributed, functional, mc, metrics, random, schedule
+from dropkit import (
+    acquisition,
+    analysis,
+    calibration,
+    conformal,
+    distributed,
+    functional,
+    mc,
+    metrics,
+    random,
+    schedule,
+)
 from dropkit.check import Finding, check, recalibrate_batchnorm, variance_shift
 from dropkit.constraints import MaxNorm, max_norm_
 from dropkit.convert import Conversion, convert, set_p
@@ -46,6 +57,9 @@ __all__ = [
     "functional",
     "mc",
     "metrics",
+    "acquisition",
+    "calibration",
+    "conformal",
     "uci",
     "random",
     "ConcreteDropout",

@@ -14,6 +14,9 @@ Classification (``probs`` is ``(N, C)``, rows summing to one; ``labels`` is ``(N
   label, summed over classes (Brier, 1950).
 * :func:`expected_calibration_error` / :func:`reliability_bins`: top-label
   calibration with equal-width confidence bins (Guo et al., 2017).
+* :func:`adaptive_calibration_error`: the same with equal-mass bins (Nguyen &
+  O'Connor, 2015; Nixon et al., 2019), robust when confidences bunch near 1.
+* :func:`aurc`: area under the risk-coverage curve (Geifman et al., 2019).
 * :func:`uncertainty_auroc`: how well an uncertainty score ranks errors above
   correct predictions.
 * :func:`selective_prediction`: accuracy as a function of coverage when the most
@@ -22,6 +25,10 @@ Classification (``probs`` is ``(N, C)``, rows summing to one; ``labels`` is ``(N
 Regression (``mean``/``var``/``target`` are ``(N,)`` or ``(N, D)``):
 
 * :func:`rmse`, :func:`gaussian_log_likelihood`, :func:`interval_coverage`.
+* :func:`crps_gaussian`: continuous ranked probability score of ``N(mean, var)``
+  (Gneiting & Raftery, 2007), closed form.
+* :func:`miscalibration_area`: area between the observed and expected coverage
+  of central Gaussian intervals over all levels (Chung et al., 2021, uncertainty-toolbox).
 * :func:`mc_log_likelihood`: the test log-likelihood of Gal & Ghahramani (2016),
   a mixture of ``T`` Gaussians of precision ``tau`` centred on the MC samples.
 """
@@ -41,13 +48,17 @@ __all__ = [
     "ReliabilityBins",
     "reliability_bins",
     "expected_calibration_error",
+    "adaptive_calibration_error",
     "uncertainty_auroc",
+    "aurc",
     "SelectiveCurve",
     "selective_prediction",
     "rmse",
     "gaussian_log_likelihood",
     "mc_log_likelihood",
     "interval_coverage",
+    "crps_gaussian",
+    "miscalibration_area",
 ]
 
 # Probabilities are clamped to this floor before the log so a confident wrong
@@ -177,6 +188,30 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> flo
     return reliability_bins(probs, labels, n_bins).ece
 
 
+def adaptive_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> float:
+    """Top-label ECE with ``n_bins`` equal-mass bins ("adaptive" ECE).
+
+    Predictions are sorted by confidence and cut into ``n_bins`` contiguous groups
+    whose sizes differ by at most one (``numpy.array_split``); the score is
+    ``sum_b (n_b / N) |accuracy_b - confidence_b|``. Nguyen & O'Connor (2015),
+    "Posterior calibration and exploratory analysis for natural language
+    processing models"; Nixon et al. (2019), "Measuring calibration in deep
+    learning". Prefer it to equal-width ECE for accurate models, whose confidences
+    crowd into the last equal-width bin. Equals netcal's ``ECE(equal_intervals=False)``
+    when ``N`` is a multiple of ``n_bins`` and confidences are distinct (tested).
+    """
+    _validate_bins(n_bins)
+    probs, labels = _probs_labels(probs, labels)
+    confidence, predicted = probs.max(1)
+    correct = (predicted == labels).to(torch.float64)
+    order = torch.argsort(confidence, stable=True)
+    total = confidence.numel()
+    gap = 0.0
+    for members in torch.tensor_split(order, min(n_bins, total)):
+        gap += abs(float(correct[members].sum()) - float(confidence[members].sum()))
+    return gap / total
+
+
 def _binary_auroc(scores: Tensor, positives: Tensor) -> float:
     n_pos = int(positives.sum())
     n_neg = positives.numel() - n_pos
@@ -212,6 +247,26 @@ def uncertainty_auroc(uncertainty: Any, errors: Any) -> float:
             f"errors has {positives.numel()} entries but uncertainty has {scores.numel()}"
         )
     return _binary_auroc(scores, positives)
+
+
+def aurc(uncertainty: Any, loss: Any) -> float:
+    """Area under the risk-coverage curve: ``mean_k (mean loss of the k least uncertain)``.
+
+    Geifman, Uziel & El-Yaniv (2019), "Bias-reduced uncertainty estimation for
+    deep neural classifiers". ``loss`` is per input: ``errors`` (bool/0-1) for the
+    selective risk of a classifier, or any per-example loss. Lower is better; a
+    useless ranking gets about the mean loss. Ties in ``uncertainty`` keep input
+    order (as :func:`selective_prediction`, whose ``1 - area`` it equals for 0-1 loss).
+    """
+    scores = _as_float(uncertainty, "uncertainty").reshape(-1)
+    losses = _as_float(loss, "loss").reshape(-1)
+    if losses.numel() != scores.numel():
+        raise ValueError(f"loss has {losses.numel()} entries but uncertainty has {scores.numel()}")
+    if scores.numel() == 0:
+        raise ValueError("aurc needs at least one prediction")
+    order = torch.argsort(scores, stable=True)
+    answered = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
+    return float((torch.cumsum(losses[order], 0) / answered).mean())
 
 
 @dataclass(frozen=True)
@@ -329,3 +384,48 @@ def interval_coverage(mean: Any, var: Any, target: Any, level: float = 0.95) -> 
     half_width = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(level, dtype=torch.float64))
     inside = (target - mean).abs() <= half_width * var.sqrt()
     return float(inside.to(torch.float64).mean())
+
+
+def crps_gaussian(mean: Any, var: Any, target: Any) -> float:
+    """Mean CRPS of ``N(mean, var)`` at ``target``, closed form (lower is better).
+
+    ``CRPS = sigma [z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi)]`` with
+    ``z = (target - mean) / sigma`` (Gneiting & Raftery, 2007, "Strictly proper
+    scoring rules, prediction, and estimation", eq. 21). In the units of the
+    target; a point forecast's CRPS is its absolute error. Checked against
+    numerical integration of ``(F(x) - 1[x >= y])^2`` and uncertainty-toolbox.
+    """
+    mean, target = _regression_pair(mean, target, "mean")
+    sigma = _positive_variance(var, target.shape).sqrt()
+    z = (target - mean) / sigma
+    cdf = 0.5 * (1 + torch.special.erf(z / math.sqrt(2.0)))
+    pdf = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+    crps = sigma * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))
+    return float(crps.mean())
+
+
+def miscalibration_area(mean: Any, var: Any, target: Any, n_levels: int = 100) -> float:
+    """Area between observed and expected coverage of central Gaussian intervals.
+
+    For levels ``p`` on ``linspace(0, 1, n_levels)``, the observed proportion is the
+    fraction of targets inside the central ``p`` interval of ``N(mean, var)``; the
+    area is ``integral |observed(p) - p| dp`` of the piecewise-linear curve, exact
+    where it crosses the diagonal. 0 is calibrated, 0.5 the worst. Chung et al.
+    (2021), "Uncertainty Toolbox" (``miscalibration_area``; equal to it, tested).
+    """
+    if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 2:
+        raise ValueError(f"n_levels must be an int >= 2, but got {n_levels!r}")
+    mean, target = _regression_pair(mean, target, "mean")
+    sigma = _positive_variance(var, target.shape).sqrt()
+    normalised = ((target - mean).abs() / sigma).reshape(-1)
+    expected = torch.linspace(0.0, 1.0, n_levels, dtype=torch.float64)
+    # Half-width of the central p interval in standard deviations: Phi^-1((1 + p) / 2).
+    half_width = math.sqrt(2.0) * torch.special.erfinv(expected)
+    observed = (normalised[None, :] <= half_width[:, None]).to(torch.float64).mean(1)
+    gap = observed - expected
+    left, right, width = gap[:-1], gap[1:], expected.diff()
+    same_sign = left * right >= 0
+    straight = width * (left.abs() + right.abs()) / 2
+    # A segment crossing zero: two triangles, (a^2 + b^2) / (2 (|a| + |b|)) times the width.
+    crossing = width * (left**2 + right**2) / (2 * (left.abs() + right.abs()).clamp_min(1e-300))
+    return float(torch.where(same_sign, straight, crossing).sum())

@@ -60,7 +60,7 @@ def test_registry_entries_are_complete():
     [
         (["nope"], "unknown protocol 'nope'"),
         (["srivastava2014-mnist", "--epochs", "0"], "--epochs has to be a positive integer"),
-        (["srivastava2014-mnist", "--seeds", "a,b"], "--seeds has to be comma-separated ints"),
+        (["srivastava2014-mnist", "--seeds", "a,b"], "--seeds has to be comma-separated integers"),
         (["srivastava2014-mnist", "--seeds", "-1"], "--seeds has to be non-negative"),
         (["srivastava2014-mnist", "--seeds", "1,1"], "repeated seed"),
         (["srivastava2014-mnist", "--threads", "0"], "--threads has to be >= 1"),

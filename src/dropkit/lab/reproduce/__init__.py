@@ -25,7 +25,12 @@ Adding a protocol is one file plus one line in :data:`PROTOCOLS` below.
 
 from __future__ import annotations
 
-from dropkit.lab.reproduce import gal2016_uci, srivastava2014_mnist, zaremba2014_ptb
+from dropkit.lab.reproduce import (
+    gal2016_uci,
+    gal2017_active_mnist,
+    srivastava2014_mnist,
+    zaremba2014_ptb,
+)
 from dropkit.lab.reproduce._base import (
     ALPHA,
     MIN_SEEDS,
@@ -61,6 +66,7 @@ PROTOCOLS: dict[str, Protocol] = {
         srivastava2014_mnist.PROTOCOL,
         zaremba2014_ptb.PROTOCOL,
         gal2016_uci.PROTOCOL,
+        gal2017_active_mnist.PROTOCOL,
     )
 }
 
