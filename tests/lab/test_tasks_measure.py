@@ -106,3 +106,28 @@ def test_library_is_called_directly_and_its_bugs_fail_loudly(monkeypatch):
     curve = measure._library_ablation(task, model, data, seed=0)
     assert "no .hidden block" in curve["source"]
     assert len(curve["metric"]) == len(measure.ABLATION_FRACTIONS)
+
+
+
+@pytest.mark.parametrize("name", ["breast-cancer", "diabetes"])
+def test_uncertainty_is_calibrated_and_covered_on_the_validation_split(name):
+    """Issue 13, item 6: temperature scaling and conformal sets/intervals at alpha = 0.1,
+    fitted on the validation split and measured on the test set."""
+    task = get_task(name)
+    data = task.load(None)
+    torch.manual_seed(0)
+    model = task.build_model(0.5).eval()
+    out = measure._library_uncertainty(task, model, data, samples=8, seed=0, tau=1.0)
+    conformal = out["conformal"]
+    assert conformal["alpha"] == 0.1 and conformal["calibration_examples"] == len(data.y_val)
+    # Marginal coverage >= 0.9 over calibration and test draws; with ~60-70 calibration
+    # and >= 133 test examples, 4 standard deviations of both binomial terms is < 0.17.
+    assert 0.73 <= conformal["coverage"] <= 1.0
+    if task.kind == "classification":
+        assert out["temperature"] > 0
+        after = out["after_temperature"]
+        assert sum(after["reliability"]["count"]) == len(data.y_test)
+        assert 0.0 <= after["ece"] <= 1.0 and after["nll"] > 0
+        assert 1.0 <= conformal["mean_set_size"] <= 2.0
+    else:
+        assert conformal["mean_width"] > 0
