@@ -453,10 +453,20 @@ def reliability_diagram(panels: Sequence[tuple[str, Sequence[ReliabilitySeries]]
     return _plot(figure, "reliability diagram")
 
 
-def _pooled_bins(group: GroupSummary) -> Optional[ReliabilitySeries]:
-    """One series per (variant, p): the bins of all seeds pooled, weighted by their counts."""
-    records = [r.measurements["uncertainty"]["reliability"] for r in group.runs
-               if "reliability" in r.measurements.get("uncertainty", {})]
+def _pooled_bins(group: GroupSummary, after_temperature: bool = False
+                 ) -> Optional[ReliabilitySeries]:
+    """One series per (variant, p): the bins of all seeds pooled, weighted by their counts.
+
+    ``after_temperature``: the bins after temperature scaling fitted on the validation
+    split (``uncertainty.after_temperature.reliability``), labelled with the seeds' T.
+    """
+    def bins_of(run) -> Optional[dict]:
+        uncertainty = run.measurements.get("uncertainty", {})
+        if after_temperature:
+            return uncertainty.get("after_temperature", {}).get("reliability")
+        return uncertainty.get("reliability")
+
+    records = [b for b in map(bins_of, group.runs) if b is not None]
     if not records:
         return None
     bins = len(records[0]["count"])
@@ -467,20 +477,29 @@ def _pooled_bins(group: GroupSummary) -> Optional[ReliabilitySeries]:
                 if count[b] else math.nan for b in range(bins)]
 
     seeds = f"{len(records)} seed{'s' if len(records) > 1 else ''} pooled"
-    return ReliabilitySeries(f"MC dropout ({seeds})", pooled("confidence"), pooled("accuracy"),
-                             count)
+    label = f"MC dropout ({seeds})"
+    if after_temperature:
+        temperatures = [r.measurements["uncertainty"]["temperature"] for r in group.runs
+                        if "temperature" in r.measurements.get("uncertainty", {})]
+        label = f"after temperature scaling (T = {statistics.median(temperatures):.2f}, median)"
+    return ReliabilitySeries(label, pooled("confidence"), pooled("accuracy"), count)
 
 
 def reliability(summary: ExperimentSummary) -> Optional[Plot]:
-    """The reliability diagram of every (variant, p > 0) with recorded bins, ``None`` if none."""
+    """The reliability diagram of every (variant, p > 0) with recorded bins, ``None`` if none;
+    each panel also draws the bins after temperature scaling where they were recorded."""
     colours = variant_colours(summary)
     panels = []
     for group in _uncertainty_groups(summary, "reliability"):
         series = _pooled_bins(group)
         if series is not None:
-            series = ReliabilitySeries(series.label, series.confidence, series.accuracy,
-                                       series.count, colours[group.variant])
-            panels.append((_label(group), [series]))
+            lines = [ReliabilitySeries(series.label, series.confidence, series.accuracy,
+                                       series.count, colours[group.variant])]
+            scaled = _pooled_bins(group, after_temperature=True)
+            if scaled is not None:
+                lines.append(ReliabilitySeries(scaled.label, scaled.confidence,
+                                               scaled.accuracy, scaled.count, "black", ":"))
+            panels.append((_label(group), lines))
     return reliability_diagram(panels) if panels else None
 
 
