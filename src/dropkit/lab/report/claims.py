@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from dropkit.lab.report import batchnorm
+from dropkit.lab.report.table import format_stat, gap_definition
 from dropkit.lab.summary import (
     ExperimentSummary,
     GroupSummary,
@@ -71,8 +73,6 @@ NO_DIFFERENCE, UNDERFITS, TOO_FEW = "no difference beyond noise", "underfits", "
 #: Weight scaling "approximates" MC averaging when within this much accuracy (or 2% RMSE).
 _WS_TOLERANCE_ACC = 0.01
 _WS_TOLERANCE_REL = 0.02
-#: A BatchNorm variance ratio this far from 1 is a shift worth caring about.
-_BN_SHIFT = 0.05
 #: Dropout layers that respect a conv map's or a sequence's structure (vs element-wise).
 _STRUCTURED = {"Dropout1d", "Dropout2d", "Dropout3d", "DropBlock2d", "LockedDropout",
                "WeightDrop", "EmbeddingDropout"}
@@ -162,6 +162,8 @@ class _Pair:
     #: (condition, why): what a support needs besides the test (e.g. weight scaling close).
     requires: Optional[tuple[bool, str]] = None
     extra: str = ""
+    #: What the comparison's text starts with, instead of "label: ours vs reference".
+    head: Optional[str] = None
 
 
 def _fmt(value: float) -> str:
@@ -197,7 +199,7 @@ def _judge(
     for i, (pair, (seeds, result)) in enumerate(zip(pairs, stats, strict=True)):
         ours = Stat.of([pair.ours[s] for s in seeds] or list(pair.ours.values()))
         reference = Stat.of([pair.reference[s] for s in seeds] or list(pair.reference.values()))
-        head = f"{pair.label}: {ours} vs {pair.reference_name} {reference}"
+        head = pair.head or f"{pair.label}: {ours} vs {pair.reference_name} {reference}"
         if result is None:
             text = f"{head}; {len(seeds)} paired seed(s), need {MIN_SEEDS}"
             comparisons.append(Comparison(pair.label, len(seeds), TOO_FEW, text))
@@ -294,9 +296,9 @@ def _epoch_words(summary: ExperimentSummary) -> str:
 
 def _overfitting(summary: ExperimentSummary) -> Claim:
     task, resolution = summary.task, summary.resolution
-    form = "train - test" if task.higher_is_better else "test - train"
+    gap = gap_definition(task)
     measurement = (
-        f"size of the generalisation gap, max({form} {summary.metric}, 0) (both in eval mode), "
+        f"size of the generalisation gap, max({gap}, 0) (both in eval mode), "
         f"{_epoch_words(summary)}; supported when a p>0 gap is smaller than p=0's. A p>0 model "
         "whose test metric is better than its train metric underfits: reported as such, never "
         "as less overfitting"
@@ -312,8 +314,7 @@ def _overfitting(summary: ExperimentSummary) -> Claim:
         mean_signed = statistics.fmean(signed.values())
         if mean_signed < -resolution:
             pair.override = UNDERFITS
-            pair.extra = (f" (mean {form} {summary.metric} {_fmt(mean_signed)}: test better than "
-                          "train)")
+            pair.extra = f" (mean {gap} {_fmt(mean_signed)}: test better than train)"
         if statistics.fmean(base_signed.values()) < -resolution:
             pair.extra += " (p=0 underfits too)"
         pairs.append(pair)
@@ -388,40 +389,33 @@ def _ensemble(summary: ExperimentSummary) -> Claim:
                   empty="needs runs with p>0")
 
 
-def _bn_shift(run: RunResult, layers: set[str]) -> Optional[float]:
-    # The p=0 model has the same layers; compare like with like.
-    values = [
-        abs(layer["ratio"] - 1.0)
-        for layer in run.measurements.get("bn_variance_shift", [])
-        if layer["layer"] in layers
-    ]
-    return statistics.fmean(values) if values else None
-
-
 def _batchnorm(summary: ExperimentSummary) -> Claim:
     claim = "Dropout needs care with batch normalisation (variance shift)"
+    layers = batchnorm.after_dropout_layers(summary)
     measurement = (
-        "for BatchNorm layers that follow a dropout layer: running variance (learnt with "
-        "dropout on) / test-time input variance; supported when the shift |ratio-1| at p>0 "
-        f"exceeds the p=0 model's beyond noise and is above {_BN_SHIFT:g}"
+        f"{batchnorm.DEFINITION}. Averaged per run over the BatchNorm layers that follow a "
+        f"dropout layer ({', '.join(sorted(layers)) or 'none'}), mean ± s.e. over seeds (the "
+        "BatchNorm table's number); supported when a p>0 model's shift exceeds the p=0 "
+        "model's on the same layers"
     )
+    if not layers:
+        recorded = any(run.measurements.get("bn_variance_shift") for run in summary.all_runs)
+        return Claim(claim, measurement,
+                     "these runs recorded no dropkit.check.variance_shift" if recorded else
+                     "this task's model has no BatchNorm layer after a dropout layer",
+                     NOT_MEASURED)
     pairs = []
     for base, group in _pairs(summary):
-        after_dropout = {
-            layer["layer"]
-            for run in group.runs
-            for layer in run.measurements.get("bn_variance_shift", [])
-            if layer["after_dropout"]
-        }
-        ours = group.per_seed(lambda r, layers=after_dropout: _bn_shift(r, layers))
-        theirs = base.per_seed(lambda r, layers=after_dropout: _bn_shift(r, layers))
-        if not after_dropout or not ours or not theirs:
+        ours = group.per_seed(lambda r: batchnorm.run_shift(r, layers))
+        theirs = base.per_seed(lambda r: batchnorm.run_shift(r, layers))
+        if not ours or not theirs:
             continue
-        mean = statistics.fmean(ours.values())
-        pairs.append(_Pair(_label(group), theirs, ours,
-                           requires=(mean > _BN_SHIFT, f"shift {mean:.3g} <= {_BN_SHIFT:g}")))
+        # Quoted as the BatchNorm table prints it: one number, one rounding.
+        numbers = (f"variance shift {format_stat(batchnorm.shift(group, layers), 3)} vs p=0: "
+                   f"{format_stat(batchnorm.shift(base, layers), 3)}")
+        pairs.append(_Pair(_label(group), theirs, ours, head=f"{_label(group)}: {numbers}"))
     return _judge(claim, measurement, pairs, 1.0,
-                  empty="this task's model has no BatchNorm layer after a dropout layer")
+                  empty="needs p=0 and p>0 runs with a measured variance shift")
 
 
 def _cpu_time(run: RunResult) -> Optional[float]:
