@@ -183,7 +183,8 @@ def test_numbers_come_from_the_validation_selected_epoch(tmp_path):
     assert summary.by_validation and summary.val_examples == 69
     assert group.test.mean == pytest.approx(0.82) and group.test_last.mean == pytest.approx(0.95)
     assert group.selected_epoch.mean == 2
-    assert "best-validation epoch (69 examples)" in _claim(summary, OVERFITTING).measurement
+    measurement = _claim(summary, OVERFITTING).measurement
+    assert "best-validation epoch (validation split of 69 examples)" in measurement
 
 
 def test_timing_claim_uses_cpu_time_and_notes_machine_load(tmp_path):

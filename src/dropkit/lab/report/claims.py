@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from dropkit.lab.report import batchnorm
-from dropkit.lab.report.table import format_stat, gap_definition
+from dropkit.lab.report.table import epoch_words, format_stat, gap_definition
 from dropkit.lab.summary import (
     ExperimentSummary,
     GroupSummary,
@@ -287,19 +287,12 @@ def _selected(summary: ExperimentSummary, split: str) -> Callable[[RunResult], O
     return lambda run: run.selected.get(key)
 
 
-def _epoch_words(summary: ExperimentSummary) -> str:
-    if summary.by_validation:
-        size = f" ({summary.val_examples} examples)" if summary.val_examples else ""
-        return f"at each run's best-validation epoch{size}"
-    return "at the last epoch (no validation split recorded)"
-
-
 def _overfitting(summary: ExperimentSummary) -> Claim:
     task, resolution = summary.task, summary.resolution
     gap = gap_definition(task)
     measurement = (
         f"size of the generalisation gap, max({gap}, 0) (both in eval mode), "
-        f"{_epoch_words(summary)}; supported when a p>0 gap is smaller than p=0's. A p>0 model "
+        f"{epoch_words(summary)}; supported when a p>0 gap is smaller than p=0's. A p>0 model "
         "whose test metric is better than its train metric underfits: reported as such, never "
         "as less overfitting"
     )
@@ -324,7 +317,7 @@ def _overfitting(summary: ExperimentSummary) -> Claim:
 def _test_metric(summary: ExperimentSummary, claim: str, where: str) -> Claim:
     higher = 1.0 if summary.task.higher_is_better else -1.0
     measurement = (
-        f"test {summary.metric} on {where}, {_epoch_words(summary)}; supported when a p>0 "
+        f"test {summary.metric} on {where}, {epoch_words(summary)}; supported when a p>0 "
         "beats p=0 (last-epoch test in brackets, for reference only)"
     )
     pairs = _rate_pairs(summary, _selected(summary, "test"))
@@ -460,7 +453,7 @@ def _convergence(summary: ExperimentSummary) -> Claim:
 def _best_rate(summary: ExperimentSummary) -> Claim:
     claim = "Dropout works best at rates around 0.2-0.5"
     measurement = (
-        f"test {summary.metric} {_epoch_words(summary)}: the best rate inside [0.2, 0.5] "
+        f"test {summary.metric} {epoch_words(summary)}: the best rate inside [0.2, 0.5] "
         "against every rate tried outside it, same variant, paired by seed; supported when it "
         "beats some beyond noise and none beats it"
     )
@@ -501,7 +494,7 @@ def _variants(summary: ExperimentSummary) -> Optional[Claim]:
     layouts = "; ".join(_layout_text(summary, v) for v in ran)
     measurement = (
         f"dropout layers per variant (shown at p=0.5): {layouts}. Test {summary.metric} "
-        f"{_epoch_words(summary)} of each structured variant against the elementwise variant "
+        f"{epoch_words(summary)} of each structured variant against the elementwise variant "
         "at the same p, paired by seed"
     )
     if "elementwise" not in ran:

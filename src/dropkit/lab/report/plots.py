@@ -266,12 +266,12 @@ def _errorbar_by_variant(axis: plt.Axes, summary: ExperimentSummary,
 
 @_styled
 def metric_vs_p(summary: ExperimentSummary) -> Plot:
-    """Final test metric and generalisation gap against p, error bars ±1 s.e. over seeds."""
+    """Test metric and generalisation gap at each run's selected epoch against p, ±1 s.e."""
     figure, cells = _grid(2, (400, 290))
     (left,), (right,) = cells
     _errorbar_by_variant(left, summary, lambda g: g.test)
     _errorbar_by_variant(right, summary, lambda g: g.gap)
-    left.set_ylabel(f"final test {_pretty(summary.metric)}")
+    left.set_ylabel(f"test {_pretty(summary.metric)} (selected epoch)")
     right.set_ylabel(f"gap = {gap_definition(summary.task)}")
     right.axhline(0.0, color="black", linewidth=0.6)
     for axis in (left, right):
