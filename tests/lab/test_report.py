@@ -229,3 +229,12 @@ def test_cli_comparison_table_has_the_selected_epoch_columns(tiny_store):
     for header in ("test@last", "gap size", "epoch*", "CPU s/ep"):
         assert header in text, text
     assert "best-validation epoch" in text
+
+
+def test_time_plot_and_metric_axis_say_what_they_show(tiny_store):
+    summary = _summary(*tiny_store)
+    # The tiny experiment recorded CPU time: the plot shows what the timing claim tests.
+    assert all(g.epoch_cpu_time is not None for g in summary.groups)
+    assert "CPU s per epoch (median)" in plots.time_and_convergence(summary).alt
+    alt = plots.metric_vs_p(summary).alt
+    assert "(selected epoch)" in alt and "final test" not in alt
