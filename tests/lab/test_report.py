@@ -209,6 +209,12 @@ def test_verdicts_show_n_effect_interval_and_test(tmp_path):
     assert f"n={comparison.n}, effect {comparison.effect:+.3g}" in cell
     assert f"95% CI {low:+.3g} to {high:+.3g}" in cell
     assert f"Holm p={comparison.p_holm:.2g}" in cell and "paired t-test" in cell
+    # The numbers cell has the means compared, and leaves the test's numbers to the verdict.
+    row = re.search(r"<tr><td class=\"left\">Dropout improves test accuracy</td>(.*?)</tr>",
+                    section, re.S).group(1)
+    numbers = re.findall(r'<td class="left">(.*?)</td>', row, re.S)[1]
+    assert html.escape(comparison.means) in numbers and "standard p=0.5: " in numbers
+    assert "Holm" not in numbers and "95% CI" not in numbers
     # The comparison table: selected-epoch numbers, last-epoch test beside them, labelled.
     comparison_section = _section(render_report(summary), "comparison")
     for header in ("test at last epoch", "gap size", "selected epoch", "CPU s/epoch"):

@@ -90,6 +90,8 @@ class Comparison:
     ci: Optional[tuple[float, float]] = None
     p_value: Optional[float] = None
     p_holm: Optional[float] = None
+    #: The two sides' mean ± s.e. (and any remark), without the test: the report's numbers.
+    means: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class Claim:
     comparisons: tuple[Comparison, ...] = ()
     #: The verdict with its reason: "not measured (2 seeds; need 3)", "mixed (...)".
     verdict_text: str = ""
+    #: A remark about the whole claim (e.g. machine load), also at the end of ``numbers``.
+    note: str = ""
 
     def __post_init__(self) -> None:
         if not self.verdict_text:
@@ -202,7 +206,7 @@ def _judge(
         head = pair.head or f"{pair.label}: {ours} vs {pair.reference_name} {reference}"
         if result is None:
             text = f"{head}; {len(seeds)} paired seed(s), need {MIN_SEEDS}"
-            comparisons.append(Comparison(pair.label, len(seeds), TOO_FEW, text))
+            comparisons.append(Comparison(pair.label, len(seeds), TOO_FEW, text, means=head))
             continue
         mean, (low, high), p = result
         if pair.override is not None:
@@ -220,7 +224,8 @@ def _judge(
             f"{_fmt(high)}), p={p:.2g}, Holm p={adjusted[i]:.2g}: {outcome}{pair.extra}"
         )
         comparisons.append(
-            Comparison(pair.label, len(seeds), outcome, text, mean, (low, high), p, adjusted[i])
+            Comparison(pair.label, len(seeds), outcome, text, mean, (low, high), p, adjusted[i],
+                       means=head + pair.extra)
         )
 
     test = (
@@ -427,10 +432,10 @@ def _training_time(summary: ExperimentSummary) -> Claim:
                    empty="no CPU time per epoch recorded (runs from before the lab kept it)")
     if summary.wall_over_cpu is not None:
         note = next((n for n in summary.notes if n.startswith("machine load")), None)
-        ratio = f" Wall-clock / CPU time per epoch: median {summary.wall_over_cpu:.2g}x."
-        claim = Claim(claim.claim, claim.measurement,
-                      claim.numbers + ratio + (f" Note: {note}." if note else ""),
-                      claim.verdict, claim.test, claim.comparisons, claim.verdict_text)
+        ratio = (f"Wall-clock / CPU time per epoch: median {summary.wall_over_cpu:.2g}x."
+                 + (f" Note: {note}." if note else ""))
+        claim = Claim(claim.claim, claim.measurement, f"{claim.numbers} {ratio}",
+                      claim.verdict, claim.test, claim.comparisons, claim.verdict_text, ratio)
     return claim
 
 

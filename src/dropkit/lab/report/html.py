@@ -126,12 +126,18 @@ def _claims(summary: ExperimentSummary) -> str:
             claim.verdict, "not-supported"
         )
         lines = "".join(f"<li>{escape(_comparison_line(c))}</li>" for c in claim.comparisons)
+        # The means per comparison here, the test's numbers in the verdict cell: each once.
+        numbers = (
+            '<ul class="tests">' + "".join(f"<li>{escape(c.means)}</li>"
+                                           for c in claim.comparisons) + "</ul>"
+            + (f'<p class="test">{escape(claim.note)}</p>' if claim.note else "")
+            if claim.comparisons else escape(claim.numbers))
         tests = (f'<ul class="tests">{lines}</ul>' if lines else "") + (
             f'<p class="muted test">{escape(claim.test)}</p>' if claim.test else "")
         rows.append(
             f'<tr><td class="left">{escape(claim.claim)}</td>'
             f'<td class="left">{escape(claim.measurement)}</td>'
-            f'<td class="left">{escape(claim.numbers)}</td>'
+            f'<td class="left">{numbers}</td>'
             f'<td class="left verdict-cell"><span class="verdict {css}">'
             f"{escape(claim.verdict_text)}</span>{tests}</td></tr>"
         )
