@@ -1,9 +1,13 @@
 """The claims' statistics on synthetic stores whose numbers are chosen to hit each rule."""
 
+import html
+import re
+
 import pytest
 import torch
 from scipy import stats
 
+from dropkit.lab.report import batchnorm
 from dropkit.lab.report.claims import (
     MIXED,
     NOT_MEASURED,
@@ -13,8 +17,9 @@ from dropkit.lab.report.claims import (
     holm,
     paired_t_test,
 )
+from dropkit.lab.report.table import format_stat, gap_definition
 from dropkit.lab.store import open_store
-from dropkit.lab.summary import summarise
+from dropkit.lab.summary import Stat, summarise
 from dropkit.lab.tasks import get_task
 from tests.conftest import require_shared
 
@@ -178,7 +183,8 @@ def test_numbers_come_from_the_validation_selected_epoch(tmp_path):
     assert summary.by_validation and summary.val_examples == 69
     assert group.test.mean == pytest.approx(0.82) and group.test_last.mean == pytest.approx(0.95)
     assert group.selected_epoch.mean == 2
-    assert "best-validation epoch (69 examples)" in _claim(summary, OVERFITTING).measurement
+    measurement = _claim(summary, OVERFITTING).measurement
+    assert "best-validation epoch (validation split of 69 examples)" in measurement
 
 
 def test_timing_claim_uses_cpu_time_and_notes_machine_load(tmp_path):
@@ -269,3 +275,113 @@ def test_held_out_speaker_protocol_never_trains_on_the_test_speaker():
     assert len(speakers) == 2
     assert torch.equal(task.load(root / "fsdd", seed=6).y_test, task.load(root / "fsdd",
                                                                            seed=0).y_test)
+
+
+BATCHNORM = "Dropout needs care with batch normalisation (variance shift)"
+
+
+def _bn(after, before=1.0):
+    """A run's recorded variance shifts: one BatchNorm layer after dropout, one before."""
+    return {"bn_variance_shift": [
+        {"layer": "features.1", "after_dropout": False, "library_shift": before},
+        {"layer": "features.5", "after_dropout": True, "library_shift": after}]}
+
+
+@pytest.mark.parametrize(
+    ("base", "dropout", "verdict"),
+    [
+        # +0.02 at every seed with spread 0.005: t = 0.02 / (0.005 / sqrt 3) = 6.9, p = 0.02.
+        # Small, but beyond noise: the verdict is the test's, not a threshold's.
+        ([1.010, 1.015, 1.020], [1.030, 1.030, 1.045], SUPPORTED),
+        ([1.10, 1.30, 1.20], [1.25, 1.15, 1.22], NOT_SUPPORTED),  # differences -> mean ~0
+        ([1.40, 1.50, 1.45], [1.10, 1.12, 1.11], NOT_SUPPORTED),  # p>0 fits better: contradicts
+        ([1.00, 1.01], [1.80, 1.90], NOT_MEASURED),  # two seeds: never a sign-only guess
+    ],
+)
+def test_batchnorm_claim_is_a_paired_test_on_the_variance_shift(tmp_path, base, dropout,
+                                                                 verdict):
+    cells = {("standard", p): [_row() for _ in base] for p in (0.0, 0.5)}
+    measurements = {("standard", 0.0): [_bn(v) for v in base],
+                    ("standard", 0.5): [_bn(v) for v in dropout]}
+    claim = _claim(_summary(tmp_path, cells, task="digits", measurements=measurements),
+                   BATCHNORM)
+    assert claim.verdict == verdict, claim.numbers
+    assert claim.measurement.startswith(batchnorm.DEFINITION)
+    assert "features.5" in claim.measurement and "features.1" not in claim.measurement
+    # Only the layer after dropout counts (features.1 is always 1.0 and would dilute it).
+    ours, theirs = Stat.of(dropout), Stat.of(base)
+    assert (f"variance shift {format_stat(ours, 3)} vs p=0: {format_stat(theirs, 3)}"
+            in claim.numbers)
+    (comparison,) = claim.comparisons
+    assert comparison.n == len(base)
+    if verdict != NOT_MEASURED:
+        differences = [a - b for a, b in zip(dropout, base, strict=True)]
+        assert comparison.p_value == pytest.approx(stats.ttest_1samp(differences, 0).pvalue)
+        assert comparison.effect == pytest.approx(sum(differences) / len(differences))
+        assert comparison.ci[0] < comparison.effect < comparison.ci[1]
+    else:
+        assert claim.verdict_text == "not measured (2 seeds; need 3)"
+
+
+def test_batchnorm_claim_is_holm_corrected_over_rates(tmp_path):
+    # Differences 0.02, 0.015, 0.03: p = 0.039 alone; beside a null rate (differences
+    # 0.002, 0.001, -0.003, p = 1) Holm doubles it to 0.078.
+    base, small = [1.010, 1.015, 1.020], [1.030, 1.030, 1.050]
+    cells = {("standard", p): [_row() for _ in base] for p in (0.0, 0.2, 0.5)}
+    measurements = {("standard", 0.0): [_bn(v) for v in base],
+                    ("standard", 0.2): [_bn(v) for v in small],
+                    ("standard", 0.5): [_bn(v) for v in (1.012, 1.016, 1.017)]}
+    claim = _claim(_summary(tmp_path, cells, task="digits", measurements=measurements),
+                   BATCHNORM)
+    first = claim.comparisons[0]
+    assert first.p_value < 0.05 < first.p_holm
+    assert claim.verdict == NOT_SUPPORTED and "Holm-corrected over 2" in claim.test
+
+
+def test_batchnorm_claim_quotes_the_batchnorm_tables_cell(tmp_path):
+    # A real digits CNN (BatchNorm after a dropout layer), three seeds, one epoch.
+    from dropkit.lab.config import build_config
+    from dropkit.lab.report.html import render_report
+    from dropkit.lab.run import run_experiment
+
+    config = build_config("digits", name="bn", epochs=1, seeds=[0, 1, 2], rates=[0.0, 0.5],
+                          mc_samples=2)
+    with open_store(tmp_path / "s.sqlite") as store:
+        run_experiment(store, config, show_progress=False)
+        summary = summarise(store, store.get_experiment("bn"))
+    layers = batchnorm.after_dropout_layers(summary)
+    assert layers == {"features.5"}
+    claim = _claim(summary, BATCHNORM)
+    group, base = summary.groups[1], summary.groups[0]
+    assert (group.p, base.p) == (0.5, 0.0)
+    cell = format_stat(batchnorm.shift(group, layers), 3)
+    assert f"variance shift {cell} vs p=0: {format_stat(batchnorm.shift(base, layers), 3)}" \
+        in claim.numbers
+    # The same text is the BatchNorm table's cell for (standard, 0.5, features.5).
+    section = re.search(r'<section id="batchnorm">(.*?)</section>', render_report(summary),
+                        re.S).group(1)
+    row = re.search(r'<td class="left">standard</td><td>0.5</td><td>3</td>(.*?)</tr>',
+                    section).group(1)
+    assert html.escape(cell) in re.findall(r"<td>(.*?)</td>", row)
+    # The verdict is the paired test's: three pairs, Holm over one rate.
+    (comparison,) = claim.comparisons
+    assert comparison.n == 3 and comparison.p_holm is not None
+    expected = (NOT_SUPPORTED if comparison.p_holm >= 0.05 or comparison.effect <= 0
+                else SUPPORTED)
+    assert claim.verdict == expected, claim.numbers
+
+
+def test_overfitting_claim_states_the_gap_with_its_sign_on_perplexity(tmp_path):
+    # PTB: lower perplexity is better, so the gap is test - train.
+    def row(train, test):
+        return {"train_perplexity": train, "test_perplexity": test, "train_loss": 4.0,
+                "test_loss": 4.5, "fit_loss": 4.0, "epoch_time": 1.0}
+
+    cells = {("standard", 0.0): [row(90.0, 130.0 + s) for s in range(3)],
+             ("standard", 0.5): [row(110.0 + s, 120.0) for s in range(3)]}
+    claim = _claim(_summary(tmp_path, cells, task="ptb"), OVERFITTING)
+    assert gap_definition(get_task("ptb")) == "test - train perplexity"
+    assert "max(test - train perplexity, 0)" in claim.measurement
+    for text in (claim.measurement, claim.numbers, claim.verdict_text):
+        assert "train - test" not in text
+    assert claim.verdict == SUPPORTED, claim.numbers  # gap 40-42 -> 8-10 at every seed

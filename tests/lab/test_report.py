@@ -1,4 +1,5 @@
 import base64
+import html
 import re
 
 from dropkit.lab.report import batchnorm, plots
@@ -179,3 +180,67 @@ def test_findings_leave_the_variance_ratios_to_the_batchnorm_table():
     assert not re.search(r"\d\.\d+x", text)
     assert text.startswith("dropout runs before BatchNorm 'features.5'")
     assert "Li et al. 2019" in text
+
+
+def test_verdicts_show_n_effect_interval_and_test(tmp_path):
+    rows = [{"train_accuracy": 0.9, "test_accuracy": test, "train_loss": 0.5, "test_loss": 0.6,
+             "fit_loss": 0.5, "epoch_time": 0.1, "val_accuracy": 0.8, "val_loss": 0.5,
+             "val_examples": 69, "test_examples": 228} for test in (0.7, 0.72, 0.71)]
+    with open_store(tmp_path / "s.sqlite") as store:
+        experiment = store.ensure_experiment("synthetic", "breast-cancer", {})
+        for p, shift in ((0.0, 0.0), (0.5, 0.05)):
+            for seed, row in enumerate(rows):
+                run = store.ensure_run(experiment.id, f"standard/p={p}/seed={seed}",
+                                       {"variant": "standard", "p": p, "seed": seed})
+                store.log_epoch(run.id, 1, row | {"test_accuracy": row["test_accuracy"] + shift},
+                                b"")
+                store.finish_run(run.id, {}, {})
+        summary = summarise(store, experiment)
+    claims = evaluate_claims(summary)
+    section = _section(render_report(summary), "claims")
+    verdicts = re.findall(r'<td class="left verdict-cell">(.*?)</td>', section, re.S)
+    assert len(verdicts) == len(claims)
+    test_claim = next(c for c in claims if c.claim == "Dropout improves test accuracy")
+    cell = verdicts[claims.index(test_claim)]
+    # The styled verdict is the verdict with its reason, and the cell gives every number.
+    assert f'<span class="verdict supported">{test_claim.verdict_text}</span>' in cell
+    (comparison,) = test_claim.comparisons
+    low, high = comparison.ci
+    assert f"n={comparison.n}, effect {comparison.effect:+.3g}" in cell
+    assert f"95% CI {low:+.3g} to {high:+.3g}" in cell
+    assert f"Holm p={comparison.p_holm:.2g}" in cell and "paired t-test" in cell
+    # The numbers cell has the means compared, and leaves the test's numbers to the verdict.
+    row = re.search(r"<tr><td class=\"left\">Dropout improves test accuracy</td>(.*?)</tr>",
+                    section, re.S).group(1)
+    numbers = re.findall(r'<td class="left">(.*?)</td>', row, re.S)[1]
+    assert html.escape(comparison.means) in numbers and "standard p=0.5: " in numbers
+    assert "Holm" not in numbers and "95% CI" not in numbers
+    # The comparison table: selected-epoch numbers, last-epoch test beside them, labelled.
+    comparison_section = _section(render_report(summary), "comparison")
+    for header in ("test at last epoch", "gap size", "selected epoch", "CPU s/epoch"):
+        assert f"<th class=\"\">{header}</th>" in comparison_section
+    assert html.escape("at each run's best-validation epoch (validation split of 69 examples)") \
+        in comparison_section
+    assert "at the last epoch" not in comparison_section.replace("test at last epoch", "")
+
+
+def test_cli_comparison_table_has_the_selected_epoch_columns(tiny_store):
+    from rich.console import Console
+
+    from dropkit.lab.report.table import comparison_table
+
+    console = Console(width=200, record=True)
+    console.print(comparison_table(_summary(*tiny_store)))
+    text = console.export_text()
+    for header in ("test@last", "gap size", "epoch*", "CPU s/ep"):
+        assert header in text, text
+    assert "best-validation epoch" in text
+
+
+def test_time_plot_and_metric_axis_say_what_they_show(tiny_store):
+    summary = _summary(*tiny_store)
+    # The tiny experiment recorded CPU time: the plot shows what the timing claim tests.
+    assert all(g.epoch_cpu_time is not None for g in summary.groups)
+    assert "CPU s per epoch (median)" in plots.time_and_convergence(summary).alt
+    alt = plots.metric_vs_p(summary).alt
+    assert "(selected epoch)" in alt and "final test" not in alt

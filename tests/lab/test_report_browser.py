@@ -43,6 +43,7 @@ window.addEventListener("load", () => {
     const right = Math.max(...[...section.querySelectorAll("*")].map((e) => box(e).right));
     out.sections[section.id] = {
       text: section.innerText, right: right, pre: section.querySelectorAll("pre").length,
+      verdicts: [...section.querySelectorAll("td.verdict-cell")].map((e) => e.innerText),
       images: [...section.querySelectorAll("img")].map((i) => ({
         alt: i.alt, complete: i.complete, naturalWidth: i.naturalWidth,
         naturalHeight: i.naturalHeight, width: box(i).width, height: box(i).height,
@@ -100,7 +101,8 @@ def reports(tmp_path_factory):
         # Two variants: each figure must tell them apart by colour.
         "uncertainty": _grid_report(tmp_path_factory, "breast-cancer", "bc",
                                     variants=["standard", "gaussian"]),
-        "batchnorm": _grid_report(tmp_path_factory, "digits", "bn", epochs=2),
+        # Three seeds: the fewest with which a claim is tested at all.
+        "batchnorm": _grid_report(tmp_path_factory, "digits", "bn", epochs=2, seeds=[0, 1, 2]),
         "one_epoch": _grid_report(tmp_path_factory, "mnist1d", "one", seeds=[0], epochs=1),
     }
     folder = tmp_path_factory.mktemp("sweep")
@@ -196,6 +198,30 @@ def test_batchnorm_shift_is_one_number_with_one_definition(layouts):
     assert "features.5 (after dropout)" in text
     (image,) = section["images"]
     assert "variance shift (1 = none)" in image["alt"]
+
+
+def test_every_verdict_shows_n_and_an_interval(layouts):
+    claims = layouts["batchnorm"]["sections"]["claims"]
+    assert len(claims["verdicts"]) >= 9
+    tested = [v for v in claims["verdicts"] if not v.startswith("not measured")]
+    assert tested  # three seeds: the claims with p=0 and p>0 runs are tested
+    for verdict in tested:
+        assert re.search(r"n=3, effect [+-]\d", verdict), verdict
+        assert re.search(r"95% CI [+-][\d.e-]+ to [+-][\d.e-]+", verdict), verdict
+        assert "paired t-test" in verdict and "Holm" in verdict, verdict
+    # Two seeds: each verdict says why it is not measured, and how many seeds it had.
+    for verdict in layouts["uncertainty"]["sections"]["claims"]["verdicts"]:
+        assert verdict.startswith("not measured"), verdict
+    overfitting = layouts["uncertainty"]["sections"]["claims"]["verdicts"][0]
+    assert "(2 seeds; need 3)" in overfitting and "n=2, need 3 paired seeds" in overfitting
+
+
+def test_batchnorm_claim_quotes_the_batchnorm_tables_number(layouts):
+    sections = layouts["batchnorm"]["sections"]
+    cell = re.search(r"^standard\t0\.5\t3\t(.*)$", sections["batchnorm"]["text"], re.M)
+    assert cell, sections["batchnorm"]["text"]
+    shift = cell.group(1).split("\t")[-1]  # features.5 (after dropout), the last column
+    assert f"standard p=0.5: variance shift {shift} vs p=0" in sections["claims"]["text"]
 
 
 def test_gap_label_matches_the_sign_it_is_computed_with(layouts):

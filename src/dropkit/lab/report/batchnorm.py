@@ -15,7 +15,15 @@ from typing import Optional
 
 from dropkit.lab.summary import ExperimentSummary, GroupSummary, RunResult, Stat
 
-__all__ = ["DEFINITION", "SHORT", "after_dropout_layers", "layers", "run_shifts", "shift"]
+__all__ = [
+    "DEFINITION",
+    "SHORT",
+    "after_dropout_layers",
+    "layers",
+    "run_shift",
+    "run_shifts",
+    "shift",
+]
 
 #: What the number means, printed once beside the table.
 DEFINITION = (
@@ -52,16 +60,18 @@ def after_dropout_layers(summary: ExperimentSummary) -> set[str]:
     return {name for name, after in layers(summary) if after}
 
 
+def run_shift(run: RunResult, names: Optional[set[str]] = None) -> Optional[float]:
+    """One run's shift: its mean over the layers in ``names`` (default: all); None if none."""
+    chosen = [v for k, v in run_shifts(run).items() if names is None or k in names]
+    return statistics.fmean(chosen) if chosen else None
+
+
 def shift(group: GroupSummary, names: Optional[set[str]] = None) -> Optional[Stat]:
     """Mean ± s.e. over seeds of the shift, averaged per run over ``names`` (default: all).
 
     Seeds are the replicates: each run contributes one number (its mean over
-    the chosen layers), so layers do not pass for extra seeds in the error bar.
+    the chosen layers, :func:`run_shift`), so layers do not pass for extra seeds
+    in the error bar. The claim's paired test uses the same per-run numbers.
     """
-    per_run = []
-    for run in group.runs:
-        shifts = run_shifts(run)
-        chosen = [v for k, v in shifts.items() if names is None or k in names]
-        if chosen:
-            per_run.append(statistics.fmean(chosen))
-    return Stat.of(per_run)
+    return Stat.of([value for run in group.runs
+                    if (value := run_shift(run, names)) is not None])

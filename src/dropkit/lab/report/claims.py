@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from dropkit.lab.report import batchnorm
+from dropkit.lab.report.table import epoch_words, format_stat, gap_definition
 from dropkit.lab.summary import (
     ExperimentSummary,
     GroupSummary,
@@ -71,8 +73,6 @@ NO_DIFFERENCE, UNDERFITS, TOO_FEW = "no difference beyond noise", "underfits", "
 #: Weight scaling "approximates" MC averaging when within this much accuracy (or 2% RMSE).
 _WS_TOLERANCE_ACC = 0.01
 _WS_TOLERANCE_REL = 0.02
-#: A BatchNorm variance ratio this far from 1 is a shift worth caring about.
-_BN_SHIFT = 0.05
 #: Dropout layers that respect a conv map's or a sequence's structure (vs element-wise).
 _STRUCTURED = {"Dropout1d", "Dropout2d", "Dropout3d", "DropBlock2d", "LockedDropout",
                "WeightDrop", "EmbeddingDropout"}
@@ -90,6 +90,8 @@ class Comparison:
     ci: Optional[tuple[float, float]] = None
     p_value: Optional[float] = None
     p_holm: Optional[float] = None
+    #: The two sides' mean ± s.e. (and any remark), without the test: the report's numbers.
+    means: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class Claim:
     comparisons: tuple[Comparison, ...] = ()
     #: The verdict with its reason: "not measured (2 seeds; need 3)", "mixed (...)".
     verdict_text: str = ""
+    #: A remark about the whole claim (e.g. machine load), also at the end of ``numbers``.
+    note: str = ""
 
     def __post_init__(self) -> None:
         if not self.verdict_text:
@@ -162,6 +166,8 @@ class _Pair:
     #: (condition, why): what a support needs besides the test (e.g. weight scaling close).
     requires: Optional[tuple[bool, str]] = None
     extra: str = ""
+    #: What the comparison's text starts with, instead of "label: ours vs reference".
+    head: Optional[str] = None
 
 
 def _fmt(value: float) -> str:
@@ -197,10 +203,10 @@ def _judge(
     for i, (pair, (seeds, result)) in enumerate(zip(pairs, stats, strict=True)):
         ours = Stat.of([pair.ours[s] for s in seeds] or list(pair.ours.values()))
         reference = Stat.of([pair.reference[s] for s in seeds] or list(pair.reference.values()))
-        head = f"{pair.label}: {ours} vs {pair.reference_name} {reference}"
+        head = pair.head or f"{pair.label}: {ours} vs {pair.reference_name} {reference}"
         if result is None:
             text = f"{head}; {len(seeds)} paired seed(s), need {MIN_SEEDS}"
-            comparisons.append(Comparison(pair.label, len(seeds), TOO_FEW, text))
+            comparisons.append(Comparison(pair.label, len(seeds), TOO_FEW, text, means=head))
             continue
         mean, (low, high), p = result
         if pair.override is not None:
@@ -218,7 +224,8 @@ def _judge(
             f"{_fmt(high)}), p={p:.2g}, Holm p={adjusted[i]:.2g}: {outcome}{pair.extra}"
         )
         comparisons.append(
-            Comparison(pair.label, len(seeds), outcome, text, mean, (low, high), p, adjusted[i])
+            Comparison(pair.label, len(seeds), outcome, text, mean, (low, high), p, adjusted[i],
+                       means=head + pair.extra)
         )
 
     test = (
@@ -285,19 +292,12 @@ def _selected(summary: ExperimentSummary, split: str) -> Callable[[RunResult], O
     return lambda run: run.selected.get(key)
 
 
-def _epoch_words(summary: ExperimentSummary) -> str:
-    if summary.by_validation:
-        size = f" ({summary.val_examples} examples)" if summary.val_examples else ""
-        return f"at each run's best-validation epoch{size}"
-    return "at the last epoch (no validation split recorded)"
-
-
 def _overfitting(summary: ExperimentSummary) -> Claim:
     task, resolution = summary.task, summary.resolution
-    form = "train - test" if task.higher_is_better else "test - train"
+    gap = gap_definition(task)
     measurement = (
-        f"size of the generalisation gap, max({form} {summary.metric}, 0) (both in eval mode), "
-        f"{_epoch_words(summary)}; supported when a p>0 gap is smaller than p=0's. A p>0 model "
+        f"size of the generalisation gap, max({gap}, 0) (both in eval mode), "
+        f"{epoch_words(summary)}; supported when a p>0 gap is smaller than p=0's. A p>0 model "
         "whose test metric is better than its train metric underfits: reported as such, never "
         "as less overfitting"
     )
@@ -312,8 +312,7 @@ def _overfitting(summary: ExperimentSummary) -> Claim:
         mean_signed = statistics.fmean(signed.values())
         if mean_signed < -resolution:
             pair.override = UNDERFITS
-            pair.extra = (f" (mean {form} {summary.metric} {_fmt(mean_signed)}: test better than "
-                          "train)")
+            pair.extra = f" (mean {gap} {_fmt(mean_signed)}: test better than train)"
         if statistics.fmean(base_signed.values()) < -resolution:
             pair.extra += " (p=0 underfits too)"
         pairs.append(pair)
@@ -323,7 +322,7 @@ def _overfitting(summary: ExperimentSummary) -> Claim:
 def _test_metric(summary: ExperimentSummary, claim: str, where: str) -> Claim:
     higher = 1.0 if summary.task.higher_is_better else -1.0
     measurement = (
-        f"test {summary.metric} on {where}, {_epoch_words(summary)}; supported when a p>0 "
+        f"test {summary.metric} on {where}, {epoch_words(summary)}; supported when a p>0 "
         "beats p=0 (last-epoch test in brackets, for reference only)"
     )
     pairs = _rate_pairs(summary, _selected(summary, "test"))
@@ -388,40 +387,33 @@ def _ensemble(summary: ExperimentSummary) -> Claim:
                   empty="needs runs with p>0")
 
 
-def _bn_shift(run: RunResult, layers: set[str]) -> Optional[float]:
-    # The p=0 model has the same layers; compare like with like.
-    values = [
-        abs(layer["ratio"] - 1.0)
-        for layer in run.measurements.get("bn_variance_shift", [])
-        if layer["layer"] in layers
-    ]
-    return statistics.fmean(values) if values else None
-
-
 def _batchnorm(summary: ExperimentSummary) -> Claim:
     claim = "Dropout needs care with batch normalisation (variance shift)"
+    layers = batchnorm.after_dropout_layers(summary)
     measurement = (
-        "for BatchNorm layers that follow a dropout layer: running variance (learnt with "
-        "dropout on) / test-time input variance; supported when the shift |ratio-1| at p>0 "
-        f"exceeds the p=0 model's beyond noise and is above {_BN_SHIFT:g}"
+        f"{batchnorm.DEFINITION}. Averaged per run over the BatchNorm layers that follow a "
+        f"dropout layer ({', '.join(sorted(layers)) or 'none'}), mean ± s.e. over seeds (the "
+        "BatchNorm table's number); supported when a p>0 model's shift exceeds the p=0 "
+        "model's on the same layers"
     )
+    if not layers:
+        recorded = any(run.measurements.get("bn_variance_shift") for run in summary.all_runs)
+        return Claim(claim, measurement,
+                     "these runs recorded no dropkit.check.variance_shift" if recorded else
+                     "this task's model has no BatchNorm layer after a dropout layer",
+                     NOT_MEASURED)
     pairs = []
     for base, group in _pairs(summary):
-        after_dropout = {
-            layer["layer"]
-            for run in group.runs
-            for layer in run.measurements.get("bn_variance_shift", [])
-            if layer["after_dropout"]
-        }
-        ours = group.per_seed(lambda r, layers=after_dropout: _bn_shift(r, layers))
-        theirs = base.per_seed(lambda r, layers=after_dropout: _bn_shift(r, layers))
-        if not after_dropout or not ours or not theirs:
+        ours = group.per_seed(lambda r: batchnorm.run_shift(r, layers))
+        theirs = base.per_seed(lambda r: batchnorm.run_shift(r, layers))
+        if not ours or not theirs:
             continue
-        mean = statistics.fmean(ours.values())
-        pairs.append(_Pair(_label(group), theirs, ours,
-                           requires=(mean > _BN_SHIFT, f"shift {mean:.3g} <= {_BN_SHIFT:g}")))
+        # Quoted as the BatchNorm table prints it: one number, one rounding.
+        numbers = (f"variance shift {format_stat(batchnorm.shift(group, layers), 3)} vs p=0: "
+                   f"{format_stat(batchnorm.shift(base, layers), 3)}")
+        pairs.append(_Pair(_label(group), theirs, ours, head=f"{_label(group)}: {numbers}"))
     return _judge(claim, measurement, pairs, 1.0,
-                  empty="this task's model has no BatchNorm layer after a dropout layer")
+                  empty="needs p=0 and p>0 runs with a measured variance shift")
 
 
 def _cpu_time(run: RunResult) -> Optional[float]:
@@ -440,10 +432,10 @@ def _training_time(summary: ExperimentSummary) -> Claim:
                    empty="no CPU time per epoch recorded (runs from before the lab kept it)")
     if summary.wall_over_cpu is not None:
         note = next((n for n in summary.notes if n.startswith("machine load")), None)
-        ratio = f" Wall-clock / CPU time per epoch: median {summary.wall_over_cpu:.2g}x."
-        claim = Claim(claim.claim, claim.measurement,
-                      claim.numbers + ratio + (f" Note: {note}." if note else ""),
-                      claim.verdict, claim.test, claim.comparisons, claim.verdict_text)
+        ratio = (f"Wall-clock / CPU time per epoch: median {summary.wall_over_cpu:.2g}x."
+                 + (f" Note: {note}." if note else ""))
+        claim = Claim(claim.claim, claim.measurement, f"{claim.numbers} {ratio}",
+                      claim.verdict, claim.test, claim.comparisons, claim.verdict_text, ratio)
     return claim
 
 
@@ -466,7 +458,7 @@ def _convergence(summary: ExperimentSummary) -> Claim:
 def _best_rate(summary: ExperimentSummary) -> Claim:
     claim = "Dropout works best at rates around 0.2-0.5"
     measurement = (
-        f"test {summary.metric} {_epoch_words(summary)}: the best rate inside [0.2, 0.5] "
+        f"test {summary.metric} {epoch_words(summary)}: the best rate inside [0.2, 0.5] "
         "against every rate tried outside it, same variant, paired by seed; supported when it "
         "beats some beyond noise and none beats it"
     )
@@ -507,7 +499,7 @@ def _variants(summary: ExperimentSummary) -> Optional[Claim]:
     layouts = "; ".join(_layout_text(summary, v) for v in ran)
     measurement = (
         f"dropout layers per variant (shown at p=0.5): {layouts}. Test {summary.metric} "
-        f"{_epoch_words(summary)} of each structured variant against the elementwise variant "
+        f"{epoch_words(summary)} of each structured variant against the elementwise variant "
         "at the same p, paired by seed"
     )
     if "elementwise" not in ran:

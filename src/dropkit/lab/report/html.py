@@ -11,14 +11,21 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import Path
 from typing import Optional
 
 from dropkit.lab.report import batchnorm, plots
-from dropkit.lab.report.claims import MIXED, NOT_MEASURED, SUPPORTED, evaluate_claims
-from dropkit.lab.report.table import _cell, gap_definition
+from dropkit.lab.report.claims import (
+    MIN_SEEDS,
+    MIXED,
+    NOT_MEASURED,
+    SUPPORTED,
+    Comparison,
+    evaluate_claims,
+)
+from dropkit.lab.report.table import _cell, epoch_words, gap_definition
 from dropkit.lab.store import ExperimentRecord, RunStore
 from dropkit.lab.summary import ExperimentSummary, GroupSummary, Stat, summarise
 
@@ -34,7 +41,11 @@ th { background: #f2f2f5; } td.left, th.left { text-align: left; }
 td:not(.left) { white-space: nowrap; }
 img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; } .muted { color: #666; }
 figure { margin: 1em 0; } figcaption { color: #666; font-size: 0.9em; max-width: 1040px; }
-.verdict { font-weight: bold; white-space: nowrap; }
+.verdict { font-weight: bold; }
+table.wide th { font-size: 0.9em; } .sem { color: #666; font-size: 0.85em; }
+table.claims { font-size: 0.9em; } table.claims td { overflow-wrap: break-word; }
+td.verdict-cell { min-width: 16em; } ul.tests { margin: 0.4em 0 0; padding-left: 1.1em; }
+ul.tests li { margin-bottom: 0.3em; } p.test { margin: 0.4em 0 0; font-size: 0.9em; }
 .supported { color: #17692b; } .not-supported { color: #a11; } .not-measured { color: #777; }
 .mixed { color: #9a6200; }
 pre { background: #f6f6f8; padding: 0.8em; overflow-x: auto; }
@@ -58,20 +69,54 @@ def _not_measured_note(summary: ExperimentSummary, name: str) -> str:
     return "".join(f'<p class="muted">not measured: {escape(r)}</p>' for r in reasons)
 
 
+def _stat_cell(stat: Optional[Stat], digits: int = 4) -> str:
+    """A table cell's HTML: the mean, and its ± s.e. on a second line so wide tables fit."""
+    text = escape(_cell(stat, digits))
+    mean, sep, sem = text.partition(" ± ")
+    return f'{mean}<br><span class="sem">± {sem}</span>' if sep else text
+
+
+def _columns(
+    summary: ExperimentSummary,
+) -> list[tuple[str, Callable[[GroupSummary], Optional[Stat]], int]]:
+    """(header, group -> Stat, decimals) of the comparison table after variant, p and seeds."""
+    metric = summary.metric.replace("_", " ")
+    return [
+        (f"train {metric}", lambda g: g.train, 4),
+        (f"test {metric}", lambda g: g.test, 4),
+        ("test at last epoch", lambda g: g.test_last, 4),
+        ("gap", lambda g: g.gap, 4),
+        ("gap size", lambda g: g.gap_size, 4),
+        ("test loss", lambda g: g.test_loss, 4),
+        ("selected epoch", lambda g: g.selected_epoch, 1),
+        ("CPU s/epoch", lambda g: g.epoch_cpu_time, 3),
+        ("wall s/epoch", lambda g: g.epoch_time, 3),
+        ("epochs to target", lambda g: g.epochs_to_target, 1),
+    ]
+
+
 def _table(summary: ExperimentSummary) -> str:
-    metric = escape(summary.metric)
-    head = ["variant", "p", "seeds", f"train {metric}", f"test {metric}", "gap", "test loss",
-            "s/epoch", "epochs to target"]
+    columns = _columns(summary)
+    head = ["variant", "p", "seeds"] + [name for name, _, _ in columns]
     rows = []
     for group in summary.groups:
-        cells = [escape(group.variant), f"{group.p:g}", str(len(group.runs)), _cell(group.train),
-                 _cell(group.test), _cell(group.gap), _cell(group.test_loss),
-                 _cell(group.epoch_time, 3), _cell(group.epochs_to_target, 1)]
-        rows.append("<tr>" + "".join(
-            f'<td class="{"left" if i == 0 else ""}">{escape(c)}</td>' for i, c in enumerate(cells)
-        ) + "</tr>")
-    header = "".join(f"<th>{h}</th>" for h in head)
-    return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
+        cells = "".join(f"<td>{_stat_cell(value(group), digits)}</td>"
+                        for _, value, digits in columns)
+        rows.append(f'<tr><td class="left">{escape(group.variant)}</td><td>{group.p:g}</td>'
+                    f"<td>{len(group.runs)}</td>{cells}</tr>")
+    header = "".join(f'<th class="{"left" if i == 0 else ""}">{escape(h)}</th>'
+                     for i, h in enumerate(head))
+    return f'<table class="wide"><tr>{header}</tr>{"".join(rows)}</table>'
+
+
+def _comparison_line(comparison: Comparison) -> str:
+    """n, effect, its 95% CI and the p-values of one comparison, in one line."""
+    if comparison.effect is None or comparison.ci is None:
+        return (f"{comparison.label}: n={comparison.n}, need {MIN_SEEDS} paired seeds")
+    low, high = comparison.ci
+    return (f"{comparison.label}: n={comparison.n}, effect {comparison.effect:+.3g} "
+            f"(95% CI {low:+.3g} to {high:+.3g}), p={comparison.p_value:.2g}, "
+            f"Holm p={comparison.p_holm:.2g}: {comparison.outcome}")
 
 
 def _claims(summary: ExperimentSummary) -> str:
@@ -80,15 +125,26 @@ def _claims(summary: ExperimentSummary) -> str:
         css = {SUPPORTED: "supported", MIXED: "mixed", NOT_MEASURED: "not-measured"}.get(
             claim.verdict, "not-supported"
         )
+        lines = "".join(f"<li>{escape(_comparison_line(c))}</li>" for c in claim.comparisons)
+        # The means per comparison here, the test's numbers in the verdict cell: each once.
+        numbers = (
+            '<ul class="tests">' + "".join(f"<li>{escape(c.means)}</li>"
+                                           for c in claim.comparisons) + "</ul>"
+            + (f'<p class="test">{escape(claim.note)}</p>' if claim.note else "")
+            if claim.comparisons else escape(claim.numbers))
+        tests = (f'<ul class="tests">{lines}</ul>' if lines else "") + (
+            f'<p class="muted test">{escape(claim.test)}</p>' if claim.test else "")
         rows.append(
             f'<tr><td class="left">{escape(claim.claim)}</td>'
             f'<td class="left">{escape(claim.measurement)}</td>'
-            f'<td class="left">{escape(claim.numbers)}</td>'
-            f'<td class="left verdict {css}">{escape(claim.verdict)}</td></tr>'
+            f'<td class="left">{numbers}</td>'
+            f'<td class="left verdict-cell"><span class="verdict {css}">'
+            f"{escape(claim.verdict_text)}</span>{tests}</td></tr>"
         )
     return (
-        '<table><tr><th class="left">claim</th><th class="left">measurement</th>'
-        '<th class="left">numbers (mean ± s.e. over seeds)</th><th class="left">verdict</th></tr>'
+        '<table class="claims"><tr><th class="left">claim</th><th class="left">measurement</th>'
+        '<th class="left">numbers (mean ± s.e. over seeds)</th>'
+        '<th class="left">verdict: per comparison n, effect, 95% CI, test</th></tr>'
         + "".join(rows) + "</table>"
     )
 
@@ -302,14 +358,13 @@ def render_report(summary: ExperimentSummary, sections: str = "") -> str:
     else:
         metric = escape(summary.metric.replace("_", " "))
         body = "\n".join(_section(*part) for part in (
-            ("comparison", "Comparison", _table(summary) + f"""
-<p class="muted">gap = {escape(gap_definition(summary.task))}, both evaluated in eval mode at the
-last epoch (positive: better on the training data). Epochs to target: first epoch whose test
-{metric} reaches {escape(_fmt(summary.target))}, a level every rate's mean curve reaches.</p>"""),
+            ("comparison", "Comparison", _table(summary) + _comparison_notes(summary, metric)),
             ("claims", "Claims", _claims(summary)),
             ("learning-curves", "Learning curves", _learning_curves(summary)),
             ("metric-vs-p", "Test metric and generalisation gap vs p",
-             _img(plots.metric_vs_p(summary), "metric vs p")),
+             _img(plots.metric_vs_p(summary), "metric vs p",
+                  f"Test {summary.metric.replace('_', ' ')} and gap {epoch_words(summary)}; "
+                  "mean ± 1 s.e. over seeds.")),
             ("ablation", "Robustness to unit ablation",
              _img(plots.ablation_curves(summary), "ablation curves")),
             ("co-adaptation", "Co-adaptation", _co_adaptation(summary)),
@@ -338,6 +393,18 @@ last epoch (positive: better on the training data). Epochs to target: first epoc
 <h2>Exact config</h2><pre>{escape(json.dumps(experiment.config, indent=2, sort_keys=True))}</pre>
 </body></html>
 """
+
+
+def _comparison_notes(summary: ExperimentSummary, metric: str) -> str:
+    split = "validation" if summary.target_key.startswith("val_") else "test"
+    return f"""
+<p class="muted">Train, test, gap, gap size and test loss are read {escape(epoch_words(summary))}
+("selected epoch"); "test at last epoch" is the last epoch's, for reference only.
+gap = {escape(gap_definition(summary.task))}, both evaluated in eval mode (positive: better on
+the training data); gap size = max(gap, 0), what "reduces overfitting" is judged on. CPU s/epoch:
+median CPU seconds of an epoch's optimisation (what timing claims use); wall s/epoch: median
+wall-clock seconds. Epochs to target: first epoch whose {split} {metric} reaches
+{escape(_fmt(summary.target))}, a level every rate's mean curve reaches.</p>"""
 
 
 def _fmt(value: Optional[float]) -> str:
