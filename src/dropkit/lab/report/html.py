@@ -191,6 +191,20 @@ _REFERRAL_COLUMNS = (
     ("50% referred", _measured("uncertainty", "selective", "accuracy_at_50%")),
     ("area under the curve", _measured("uncertainty", "selective", "area")),
 )
+# Fitted on the validation split, measured on the test set (lab/measure.py).
+_TEMPERATURE_COLUMNS = (
+    ("temperature T", _measured("uncertainty", "temperature")),
+    ("NLL after", _measured("uncertainty", "after_temperature", "nll")),
+    ("ECE after", _measured("uncertainty", "after_temperature", "ece")),
+)
+_CONFORMAL_SET_COLUMNS = (
+    ("coverage (target >= 0.9)", _measured("uncertainty", "conformal", "coverage")),
+    ("mean set size", _measured("uncertainty", "conformal", "mean_set_size")),
+)
+_CONFORMAL_INTERVAL_COLUMNS = (
+    ("coverage (target >= 0.9)", _measured("uncertainty", "conformal", "coverage")),
+    ("mean width (target units)", _measured("uncertainty", "conformal", "mean_width")),
+)
 _REGRESSION_COLUMNS = (
     ("RMSE", _measured("uncertainty", "rmse")),
     ("log-likelihood", _measured("uncertainty", "log_likelihood")),
@@ -227,6 +241,14 @@ def _uncertainty(summary: ExperimentSummary) -> str:
             "<h3>Calibration</h3><p>Negative log-likelihood, Brier score and expected "
             "calibration error (15 equal-width confidence bins): lower is better.</p>")
         parts.append(_stat_table(groups, _CALIBRATION_COLUMNS))
+        if _recorded(groups, "temperature"):
+            parts.append(
+                "<h3>Temperature scaling and conformal sets</h3><p>One temperature (Guo et al., "
+                "2017) fitted by NLL on the validation split's MC-averaged probabilities, "
+                "applied to the test set; and APS prediction sets (Angelopoulos et al., 2021) "
+                "at alpha = 0.1 calibrated on the validation split: on exchangeable data they "
+                "contain the true class for at least 90% of test cases.</p>")
+            parts.append(_stat_table(groups, _TEMPERATURE_COLUMNS + _CONFORMAL_SET_COLUMNS))
         parts.append(
             "<h3>Referral</h3><p>Accuracy on the cases kept when the most uncertain ones "
             "(highest predictive entropy) are referred to a human; the area is under that "
@@ -236,8 +258,9 @@ def _uncertainty(summary: ExperimentSummary) -> str:
         parts.append(_img(
             plots.reliability(summary), "the reliability diagram", missing=_OLDER_RUNS,
             caption="Accuracy against mean confidence per confidence bin, seeds pooled (a marker's "
-            "area grows with its number of cases). On the diagonal, a confidence of 0.9 is "
-            "right 90% of the time; below it, the model is over-confident."))
+            "area grows with its number of cases), before and (dotted) after temperature "
+            "scaling. On the diagonal, a confidence of 0.9 is right 90% of the time; below it, "
+            "the model is over-confident."))
         parts.append("<h3>Referral curve</h3>")
         parts.append(_img(
             plots.referral_curves(summary), "the referral curve", missing=_OLDER_RUNS,
@@ -251,7 +274,18 @@ def _uncertainty(summary: ExperimentSummary) -> str:
             "target's units (lower is better), log-likelihood per case (higher is better), "
             "coverage of the 95% predictive interval (0.95 is calibrated).</p>")
         parts.append(_stat_table(groups, _REGRESSION_COLUMNS))
+        if _recorded(groups, "conformal"):
+            parts.append(
+                "<h3>Conformal intervals</h3><p>Split-conformal intervals at alpha = 0.1 from "
+                "the MC mean and standard deviation (normalised residuals), calibrated on the "
+                "validation split: on exchangeable data they cover at least 90% of test "
+                "targets.</p>")
+            parts.append(_stat_table(groups, _CONFORMAL_INTERVAL_COLUMNS))
     return "".join(parts)
+
+
+def _recorded(groups: Sequence[GroupSummary], key: str) -> bool:
+    return any(key in r.measurements.get("uncertainty", {}) for g in groups for r in g.runs)
 
 
 #: A dropkit.check sentence quoting a measured ratio ("1.76x the variance", "off by 1.58x"):
