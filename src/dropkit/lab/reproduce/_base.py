@@ -17,6 +17,7 @@ from typing import Protocol as _Interface
 
 import torch
 
+from dropkit.lab.stats import ALPHA, holm, paired_t_test
 from dropkit.lab.store import RunStore
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
 ]
 
 #: Two-sided significance level of every verdict (after Holm's correction).
-ALPHA = 0.05
 #: Fewest paired seeds a verdict needs; with fewer it is "not measured".
 MIN_SEEDS = 3
 
@@ -91,38 +91,18 @@ def paired_comparison(
     resolution: float = 0.0,
 ) -> Comparison:
     """Per-seed differences ``treated[s] - baseline[s]`` over the seeds both have."""
-    from scipy import stats
-
     seeds = sorted(set(baseline) & set(treated))
     diffs = [treated[s] - baseline[s] for s in seeds]
     n = len(diffs)
     if n == 0:
         return Comparison(claim, metric, 0, math.nan, math.nan, math.nan, math.nan,
                           lower_is_better, resolution)
-    mean = sum(diffs) / n
     if n < 2:
-        return Comparison(claim, metric, n, mean, math.nan, math.nan, math.nan,
+        return Comparison(claim, metric, n, diffs[0], math.nan, math.nan, math.nan,
                           lower_is_better, resolution)
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    se = sd / math.sqrt(n)
-    half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * se
-    if se == 0.0:
-        p_value = 1.0 if mean == 0.0 else 0.0
-    else:
-        p_value = float(2 * stats.t.sf(abs(mean / se), n - 1))
-    return Comparison(claim, metric, n, mean, mean - half, mean + half, p_value,
-                      lower_is_better, resolution)
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (controls the family-wise error at alpha)."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    adjusted = [math.nan] * len(p_values)
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
-        adjusted[index] = running
-    return adjusted
+    # The lab's one paired t-test and Holm correction (the report's claims use them too).
+    mean, (low, high), p_value = paired_t_test(diffs, ALPHA)
+    return Comparison(claim, metric, n, mean, low, high, p_value, lower_is_better, resolution)
 
 
 def judge(comparisons: Sequence[Comparison]) -> list[Comparison]:
