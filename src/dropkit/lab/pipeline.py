@@ -333,6 +333,8 @@ def run_grid(
                               claimant=claimant, train=train, extra=extra, share=announce,
                               on_epoch=started_epoch, on_measure=measuring)
         if outcome.state == "lost":
+            if events is not None:
+                events.ended(run)  # its bar goes; the run itself is waited for below
             # Its new claimant finishes it; wait for that like for any held run.
             return Outcome("held", holder=store.holder(run_id) if lead else None)
         if outcome.claim is not None:
