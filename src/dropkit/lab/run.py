@@ -30,7 +30,8 @@ class _Bars:
         self.progress = progress
 
     def planned(self, total: int, finished: int, remaining_epochs: int) -> None:
-        self.progress.start(remaining_epochs)
+        if finished < total:  # nothing to train: no bar at all
+            self.progress.start(remaining_epochs)
 
     def started(self, run: RunConfig, done_epochs: int) -> None:
         self.progress.run_started(run.key, run.epochs, done_epochs)
