@@ -411,3 +411,30 @@ def test_progress_eta_appears_after_the_first_epoch_and_measuring_is_shown(monke
         bars.epoch_done(2)
         overall = bars._progress.tasks[0]
         assert overall.completed == 4 and bars.eta_seconds is not None
+
+
+# --------------------------------------------------------------------------- data loaded once
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_the_data_checked_before_the_store_opens_is_the_data_trained_on(
+        tmp_path, monkeypatch, command):
+    # Before: _check_data loaded the task's data, and the pipeline loaded it again.
+    if command == "sweep":
+        pytest.importorskip("optuna")
+    from dropkit.lab.tasks import get_task
+
+    task = get_task("breast-cancer")
+    loads = []
+    real_load = task.load
+
+    def counting(*args, **kwargs):
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(task, "load", counting)
+    extra = ["--trials", 1] if command == "sweep" else ["--rates", "0,0.5", "--seeds", "0,1"]
+    result = _lab(command, "breast-cancer", "--epochs", 1, "--mc-samples", 2,
+                  "--store", tmp_path / "s.sqlite", "--no-progress", *extra)
+    assert result.exit_code == 0, result.output
+    assert len(loads) == 1

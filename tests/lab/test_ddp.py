@@ -118,3 +118,60 @@ def test_ddp_and_plain_runs_do_not_mix_in_one_experiment(tmp_path):
     result = _lab("run", "breast-cancer", "--rates", 0, "--name", "d", "--store", store, *ARGS)
     assert result.exit_code == 2
     assert "was trained with ddp=2, not one process; choose another --name" in result.output
+
+
+def test_ddp_returns_and_resumes_the_best_validation_epoch_like_a_plain_run(tmp_path):
+    # Before: train_run_ddp returned the last epoch's weights, kept no best epoch in its
+    # checkpoint and recorded no CPU time. One in-process gloo rank is enough to check it.
+    import io
+
+    import torch.distributed as dist
+
+    from dropkit.lab.config import RunConfig
+    from dropkit.lab.ddp import train_run_ddp
+    from dropkit.lab.tasks import TaskData, get_task
+    from dropkit.lab.train import select_epoch, train_run
+
+    task = get_task("diabetes")
+    loaded = task.load(None)
+    # Validation targets of the opposite sign: the better the fit, the worse the
+    # validation RMSE, so validation picks an early epoch, not the last.
+    data = TaskData(loaded.x_train, loaded.y_train, loaded.x_test, loaded.y_test,
+                    loaded.y_scale, x_val=loaded.x_train[:64], y_val=-loaded.y_train[:64])
+    config = RunConfig(task="diabetes", variant="standard", p=0.0, seed=3, epochs=4,
+                       batch_size=32, lr=1e-2, weight_decay=0.0)
+
+    def record(rows, blobs):
+        return lambda epoch, metrics, blob: (rows.append({**metrics, "epoch": epoch}),
+                                             blobs.append(blob))
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}",
+                            rank=0, world_size=1)
+    try:
+        rows, blobs = [], []
+        model, _ = train_run_ddp(task, data, config, device=torch.device("cpu"),
+                                 on_epoch=record(rows, blobs))
+        resumed_rows, resumed_blobs = [], []
+        resumed, _ = train_run_ddp(task, data, config, device=torch.device("cpu"),
+                                   checkpoint=blobs[1], on_epoch=record(resumed_rows,
+                                                                        resumed_blobs))
+    finally:
+        dist.destroy_process_group()
+
+    chosen, by_validation = select_epoch(task, rows)
+    assert by_validation and chosen["epoch"] < config.epochs
+    assert all(row["epoch_cpu_time"] >= 0 for row in rows)
+    last = torch.load(io.BytesIO(blobs[-1]), weights_only=True)
+    assert last["best"]["epoch"] == chosen["epoch"]
+    returned = model.state_dict()
+    assert all(torch.equal(returned[k], v) for k, v in last["best"]["model"].items())
+    assert not all(torch.equal(returned[k], v) for k, v in last["model"].items())
+    # Resumed after epoch 2, the checkpoint's best epoch survives and is returned.
+    assert [row["epoch"] for row in resumed_rows] == [3, 4]
+    assert all(torch.equal(resumed.state_dict()[k], v) for k, v in returned.items())
+    # A plain run of the same config (p=0: nothing random but the shared shuffle) picks
+    # the same epoch.
+    plain_rows = []
+    train_run(task, data, config,
+              on_epoch=lambda epoch, metrics, blob: plain_rows.append({**metrics, "epoch": epoch}))
+    assert select_epoch(task, plain_rows)[0]["epoch"] == chosen["epoch"]

@@ -355,3 +355,38 @@ def _safe_runs(store: Path, experiment: str) -> list[dict]:
         return _runs(store, experiment)
     except sqlite3.OperationalError:  # not created yet
         return []
+
+
+def test_the_objective_and_the_pruner_see_validation_never_test(tmp_path):
+    # Before: trials were scored, and pruned, on test_accuracy: a search on the test set.
+    from dropkit.lab.store import open_store
+    from dropkit.lab.tasks import get_task
+    from dropkit.lab.train import select_epoch
+
+    store = tmp_path / "lab.sqlite"
+    result = _lab("sweep", "breast-cancer", "--trials", 2, "--study", "v", "--store", store,
+                  "--epochs", 3, "--mc-samples", 2, "--batch-size", 64)
+    assert result.exit_code == 0, result.output
+    assert "val_accuracy" in result.output and "tuned on validation" in result.output
+    study = optuna.load_study(study_name="v",
+                              storage=f"sqlite:///{tmp_path.resolve() / 'lab-optuna.sqlite'}")
+    task = get_task("breast-cancer")
+    with open_store(store, read_only=True) as handle:
+        for trial in study.trials:
+            rows = handle.epochs(trial.user_attrs["run_id"])
+            assert trial.intermediate_values == {r["epoch"]: r["val_accuracy"] for r in rows}
+            chosen, _ = select_epoch(task, rows)
+            assert trial.value == chosen["val_accuracy"]
+            assert trial.user_attrs["test_accuracy"] == chosen["test_accuracy"]
+        experiment = handle.get_experiment("v")
+        assert experiment.config["sweep"]["metric"] == "val_accuracy"
+    # The two metrics differ somewhere, so the checks above could tell them apart.
+    assert any(r["val_accuracy"] != r["test_accuracy"]
+               for t in study.trials for r in _epochs(store, t.user_attrs["run_id"]))
+
+
+def _epochs(store: Path, run_id: int) -> list[dict]:
+    from dropkit.lab.store import open_store
+
+    with open_store(store, read_only=True) as handle:
+        return handle.epochs(run_id)

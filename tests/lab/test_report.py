@@ -244,3 +244,25 @@ def test_time_plot_and_metric_axis_say_what_they_show(tiny_store):
     assert "CPU s per epoch (median)" in plots.time_and_convergence(summary).alt
     alt = plots.metric_vs_p(summary).alt
     assert "(selected epoch)" in alt and "final test" not in alt
+
+
+def test_write_report_from_the_api_follows_the_umask(tmp_path):
+    # mkstemp creates 0600 files; the report must be readable like any file the user makes.
+    import os
+    import stat
+
+    from dropkit.lab.config import build_config
+    from dropkit.lab.report.html import write_report
+    from dropkit.lab.run import run_experiment
+    from dropkit.lab.store import open_store
+
+    config = build_config("breast-cancer", name="m", epochs=1, rates=[0.0], seeds=[0],
+                          mc_samples=2)
+    previous = os.umask(0o002)
+    try:
+        with open_store(tmp_path / "s.sqlite") as store:
+            run_experiment(store, config, show_progress=False)
+            path = write_report(store, store.get_experiment("m"), tmp_path / "r.html")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664

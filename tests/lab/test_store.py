@@ -296,3 +296,28 @@ def test_a_writer_whose_claim_was_taken_over_stops_writing_that_run(store_path):
         assert [e["epoch"] for e in store.epochs(record.id)] == [1]
         assert store.run(record.id).status == "pending"
         assert store.holder(record.id).claimant.host == "some-other-machine"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_model_mode_follows_the_umask(tmp_path, umask):
+    # Before: mkstemp's 0600 whatever the umask, so a group sharing results could not read it.
+    import stat
+
+    from torch import nn
+
+    from dropkit.lab.store import save_model, set_default_mode
+
+    previous = os.umask(umask)
+    try:
+        path = save_model(nn.Linear(2, 1), tmp_path / "run-1")
+        other = tmp_path / "other"
+        other.write_text("x")
+        other.chmod(0o600)
+        set_default_mode(other)
+        # The mask this process has is unchanged (set_default_mode only reads it).
+        assert os.umask(umask) == umask
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(other.stat().st_mode) == 0o666 & ~umask
+    assert not list(path.parent.glob("*.tmp"))

@@ -124,12 +124,6 @@ def _interruptible(path: Path) -> Iterator[None]:
         raise typer.Exit(code=130) from None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _store_path(store: Optional[Path]) -> Path:
     from dropkit.lab.store import default_store_path
 
@@ -174,13 +168,12 @@ def _experiment(handle, name: str):
 
 def _write_report(handle, experiment, output: Path) -> None:
     from dropkit.lab.report.html import write_report
+    from dropkit.lab.store import set_default_mode
 
     _check_output_file(output, "--output")
     try:
         path = write_report(handle, experiment, output)
-        # The report is written to a private temporary file and renamed: give it the mode
-        # any other file the user creates gets (0666 less the umask), not mkstemp's 0600.
-        os.chmod(path, 0o666 & ~_umask())
+        set_default_mode(path)  # written via mkstemp (0600); see set_default_mode
     except OSError as error:
         _fail(f"cannot write the report to {str(output)!r}: {error.strerror or error}")
     _console.print(f"report written to {path.resolve()}", highlight=False)
@@ -247,10 +240,11 @@ def run(
     path = _store_path(store)
     data_parallel = ddp is not None or launched_by_torchrun()
     with _interruptible(path):
-        _check_data(experiment_config)
+        # Loaded once: checked here, before the store is opened, then trained on.
+        data = _check_data(experiment_config)
         if data_parallel:
             try:
-                result = run_experiment_ddp(path, experiment_config, ddp)
+                result = run_experiment_ddp(path, experiment_config, ddp, data=data)
             except (ConfigError, ConfigConflictError, StoreError, LabError) as error:
                 _fail(str(error))
             if result is None:
@@ -262,7 +256,8 @@ def run(
                       f"not {experiment_config.task!r}; choose another --name")
             try:
                 if not data_parallel:
-                    result = run_experiment(handle, experiment_config, show_progress=progress)
+                    result = run_experiment(handle, experiment_config, show_progress=progress,
+                                            data=data)
             except (ConfigConflictError, StoreError, LabError) as error:
                 _fail(str(error))
             others = ""
@@ -349,8 +344,9 @@ def sweep(
             rate_max=rate_max, pruner_startup_trials=prune_after,
         )
         with _interruptible(path):
-            _check_data(experiment_config)
-            summary = run_sweep(path, study_config, workers=workers, verbose=progress)
+            data = _check_data(experiment_config)
+            summary = run_sweep(path, study_config, workers=workers, verbose=progress,
+                                data=data)
     except (ConfigError, SweepError, StoreError, LabError) as error:
         _fail(redact(str(error), storage))
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary["counts"].items()))
@@ -360,8 +356,10 @@ def sweep(
     )
     if summary["best"] is not None:
         best = summary["best"]
+        test = "" if best.get("test") is None else (
+            f" (tuned on validation; {study_config.test_metric} {best['test']:.4g})")
         _console.print(f"best trial {best['number']}: {best['params']} -> "
-                       f"{study_config.metric} {best['value']:.4g}", highlight=False)
+                       f"{study_config.metric} {best['value']:.4g}{test}", highlight=False)
     if report is not None:
         with _open_existing(path) as handle:
             _write_report(handle, handle.get_experiment(study_config.name), report)
@@ -474,8 +472,6 @@ def tasks(
     ),
 ) -> None:
     """List the tasks, what each trains, and whether its data is present."""
-    import os
-
     from rich.table import Table
 
     from dropkit.lab.tasks import available_tasks

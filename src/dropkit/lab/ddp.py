@@ -50,7 +50,15 @@ from dropkit.lab.config import ConfigError, ExperimentConfig, RunConfig
 from dropkit.lab.pipeline import GridResult, plan, run_grid
 from dropkit.lab.store import open_store
 from dropkit.lab.tasks import Task, TaskData, get_task
-from dropkit.lab.train import _checkpoint, _restore, epoch_metrics
+from dropkit.lab.train import (
+    _best_of,
+    _checkpoint,
+    _restore,
+    check_data_for_run,
+    epoch_metrics,
+    initial_model,
+    selection_key,
+)
 
 __all__ = ["launched_by_torchrun", "run_experiment_ddp", "torchrun_rank"]
 
@@ -106,22 +114,26 @@ def train_run_ddp(
 ) -> tuple[nn.Module, dict]:
     """:func:`dropkit.lab.train.train_run` on this rank's slice of every minibatch.
 
-    Returns the trained module (unwrapped, eval mode) and the DDP facts rank 0
-    records: world size, backend, first step's stream seed per rank, the largest
-    parameter difference between replicas seen after any epoch.
+    Returns the trained module (unwrapped, eval mode) with the weights of the epoch
+    with the best validation metric, as :func:`~dropkit.lab.train.train_run` does, and
+    the DDP facts rank 0 records: world size, backend, first step's stream seed per
+    rank, the largest parameter difference between replicas seen after any epoch.
     """
     from torch.nn.parallel import DistributedDataParallel
 
+    check_data_for_run(task, data, config.seed)
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(config.seed)  # same on every rank: the tracker's contract
-    model = task.build_model(config.p, config.variant).to(device)
+    # Seeded by the run seed alone, the same on every rank (the tracker's contract) and
+    # the same weights a single-process run of this config starts from.
+    model = initial_model(task, config).to(device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     shuffle = torch.Generator().manual_seed(config.seed)
-    first_epoch = 1
+    first_epoch, best = 1, None
     if checkpoint is not None:
         first_epoch = _restore(checkpoint, model, optimizer, shuffle) + 1
+        best = _best_of(checkpoint)
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                       else None)
     tracker = RNGTracker()
@@ -131,7 +143,7 @@ def train_run_ddp(
     first_seed: Optional[int] = None
     replica_diff = 0.0
     for epoch in range(first_epoch, config.epochs + 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         wrapped.train()
         fit_loss = torch.zeros((), dtype=torch.float64, device=device)
         batches = 0
@@ -152,17 +164,29 @@ def train_run_ddp(
             batches += 1
         dist.all_reduce(fit_loss)
         epoch_time = time.perf_counter() - start
+        epoch_cpu_time = time.process_time() - cpu_start  # this rank's; see train_run
         replica_diff = max(replica_diff, _replica_difference(model))
         if rank == 0:
             metrics = epoch_metrics(
-                model, task, data, x, y, fit_loss.item() / max(batches, 1), epoch_time
+                model, task, data, x, y, fit_loss.item() / max(batches, 1), epoch_time,
+                epoch_cpu_time,
             )
+            key = selection_key(task, metrics)
+            # Strictly better only: ties keep the earlier epoch, as select_epoch does.
+            if key is not None and (best is None or key < best["key"]):
+                best = {"epoch": epoch, "key": key,
+                        "model": {name: value.detach().cpu().clone()
+                                  for name, value in model.state_dict().items()}}
             if on_epoch is not None:
-                on_epoch(epoch, metrics, _checkpoint(model, optimizer, shuffle, epoch))
+                on_epoch(epoch, metrics, _checkpoint(model, optimizer, shuffle, epoch, best))
     seeds: list = [None] * world
     dist.all_gather_object(seeds, first_seed)
     facts = {"world_size": world, "backend": dist.get_backend(),
              "first_step_stream_seeds": seeds, "replica_max_abs_diff": replica_diff}
+    if rank == 0 and best is not None:
+        # Only rank 0 scores epochs and returns a model the pipeline records; the other
+        # ranks' replicas are discarded.
+        model.load_state_dict(best["model"])
     return model.eval(), facts
 
 
@@ -181,17 +205,21 @@ def _broadcast(value):
 
 
 def _rank_main(store_path: Optional[Path], config: ExperimentConfig, world: int,
-               result_path: Optional[str]) -> Optional[GridResult]:
-    """One rank's pass over the grid; rank 0 alone reads and writes the store."""
+               result_path: Optional[str], data: Optional[TaskData] = None
+               ) -> Optional[GridResult]:
+    """One rank's pass over the grid; rank 0 alone reads and writes the store.
+
+    Every rank loads the data itself (per run seed where the task needs it), unless
+    ``data`` was loaded already in this process.
+    """
     rank = dist.get_rank()
     device = _device(dist.get_backend())
     task = get_task(config.task)
-    data = task.load(None if config.data_dir is None else Path(config.data_dir))
     torch.set_num_threads(config.threads)
     store = open_store(store_path) if rank == 0 else None
     try:
         result = run_grid(
-            store, config, task, ddp=world, load=lambda: data, share=_broadcast,
+            store, config, task, ddp=world, data=data, share=_broadcast,
             train=lambda task, data, run, **kw: train_run_ddp(task, data, run, device=device,
                                                                **kw),
             extra=lambda facts: {"ddp": facts},
@@ -233,19 +261,23 @@ def _spawned(rank: int, port: int, world: int, store_path: str, config: Experime
 
 
 def run_experiment_ddp(store_path: Path, config: ExperimentConfig,
-                       world_size: Optional[int]) -> Optional[GridResult]:
+                       world_size: Optional[int], *, data: Optional[TaskData] = None
+                       ) -> Optional[GridResult]:
     """Train ``config``'s grid data-parallel; returns the result on rank 0 (or the launcher).
 
     Under torchrun this process is one rank and ``world_size`` may be ``None``;
     otherwise ``world_size`` processes are spawned here and this call waits.
-    Non-zero torchrun ranks return ``None``.
+    Non-zero torchrun ranks return ``None``. ``data`` (already loaded, e.g. by the
+    CLI's check) is used by this process's rank under torchrun; spawned ranks load
+    their own rather than receive a pickled copy.
     """
     if launched_by_torchrun():
         world = _world_from_env(world_size)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
         try:
-            result = _rank_main(store_path if torchrun_rank() == 0 else None, config, world, None)
+            result = _rank_main(store_path if torchrun_rank() == 0 else None, config, world,
+                                None, data)
             _quiesce()
             return result
         finally:

@@ -41,7 +41,9 @@ from dropkit.lab.store import (
 from dropkit.lab.tasks import Task, TaskData
 from dropkit.lab.train import train_run
 
-__all__ = ["GridEvents", "GridResult", "Outcome", "StopRun", "execute_run", "plan", "run_grid"]
+__all__ = [
+    "GridEvents", "GridResult", "Outcome", "RunData", "StopRun", "execute_run", "plan", "run_grid",
+]
 
 #: Seconds between looks at runs another live writer holds.
 POLL_SECONDS = 2.0
@@ -72,6 +74,32 @@ class Outcome:
     holder: Optional[HeldRun] = None
 
 
+class RunData:
+    """Each run's data, loaded when a run first needs it.
+
+    A task whose folds are chosen by the run seed (:attr:`~dropkit.lab.tasks.Task.data_per_seed`,
+    e.g. ``fsdd-speakers``: seed s holds out speaker s mod 6) is loaded once per seed with
+    ``task.load(data_dir, seed=run.seed)``; any other task once in all. ``data``, when
+    given, is data already loaded (the CLI loads it to refuse bad files before the store
+    is opened): it serves its seed (every seed, for a seed-independent task).
+    """
+
+    def __init__(self, task: Task, data_dir: Optional[str | Path], *,
+                 data: Optional[TaskData] = None):
+        self.task = task
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        self._loaded: dict[Optional[int], TaskData] = {}
+        if data is not None:
+            self._loaded[data.seed if task.data_per_seed else None] = data
+
+    def for_seed(self, seed: int) -> TaskData:
+        key = seed if self.task.data_per_seed else None
+        if key not in self._loaded:
+            self._loaded[key] = (self.task.load(self.data_dir, seed=seed) if key is not None
+                                 else self.task.load(self.data_dir))
+        return self._loaded[key]
+
+
 #: ``train(task, data, run, checkpoint=..., on_epoch=...) -> (model, facts)``.
 Trainer = Callable[..., tuple[nn.Module, dict]]
 
@@ -87,7 +115,7 @@ def _alone(value: Any) -> Any:
 def execute_run(
     store: Optional[RunStore],
     task: Task,
-    data: TaskData,
+    data: TaskData | RunData,
     run: RunConfig,
     run_id: int,
     *,
@@ -98,14 +126,18 @@ def execute_run(
     extra: Optional[Callable[[dict], dict]] = None,
     share: Callable[[Any], Any] = _alone,
     on_epoch: Optional[Callable[[int], None]] = None,
+    on_measure: Optional[Callable[[], None]] = None,
 ) -> Outcome:
     """Claim, train (resuming), measure and finish one run.
 
     ``store`` is ``None`` on data-parallel ranks other than 0: they train, and
     ``share`` (a broadcast from rank 0) tells them what rank 0's store decided.
     ``extra(facts)`` adds measurements from what ``train`` returned besides the
-    model (the DDP facts). On any error the claim is released, so a rerun
-    resumes at once; on a kill the claim goes stale instead.
+    model (the DDP facts). ``data`` is the run's data, or a :class:`RunData` that loads
+    the data of the run's seed once the claim says the run is to be trained here.
+    ``on_epoch(epoch)`` and ``on_measure()`` (before the final measurements) are the
+    progress display's hooks, called on the lead process only. On any error the claim
+    is released, so a rerun resumes at once; on a kill the claim goes stale instead.
     """
     lead = store is not None
     claimant = claimant or Claimant.current()
@@ -127,6 +159,8 @@ def execute_run(
 
     with store.heartbeat(claim) if lead else contextlib.nullcontext():
         try:
+            if isinstance(data, RunData):
+                data = data.for_seed(run.seed)
             model, facts = train(task, data, run, on_epoch=epoch_done,
                                  checkpoint=None if claim.checkpoint is None
                                  else claim.checkpoint[1])
@@ -145,6 +179,8 @@ def execute_run(
         if lead:
             try:
                 model = model.cpu()
+                if on_measure is not None:
+                    on_measure()
                 measurements = measure.final_measurements(
                     task, model, data, seed=run.seed, mc_samples=mc_samples
                 )
@@ -210,9 +246,10 @@ class GridResult:
 class GridEvents(Protocol):
     """Progress hooks of :func:`run_grid` (the CLI's progress bars)."""
 
-    def planned(self, total: int, finished: int) -> None: ...
+    def planned(self, total: int, finished: int, remaining_epochs: int) -> None: ...
     def started(self, run: RunConfig, done_epochs: int) -> None: ...
     def epoch(self, run: RunConfig, epoch: int) -> None: ...
+    def measuring(self, run: RunConfig) -> None: ...
     def ended(self, run: RunConfig) -> None: ...
     def waiting(self, holders: list[HeldRun]) -> None: ...
 
@@ -226,7 +263,7 @@ def run_grid(
     train: Trainer = _single_process,
     extra: Optional[Callable[[dict], dict]] = None,
     share: Callable[[Any], Any] = _alone,
-    load: Optional[Callable[[], TaskData]] = None,
+    data: Optional[TaskData | RunData] = None,
     events: Optional[GridEvents] = None,
     poll_seconds: float = POLL_SECONDS,
 ) -> GridResult:
@@ -235,14 +272,21 @@ def run_grid(
     Runs that another live writer holds are left to it; when the pass over the
     grid is done, this call waits for them and takes over any whose writer
     died, so it returns only when the whole grid is finished.
+
+    ``data`` is the task's data already loaded (see :class:`RunData`); without it the
+    data is loaded when the first run is trained, once per seed for a task with
+    ``data_per_seed``.
     """
     lead = store is not None
     planned: Any = None
     if lead:
         try:
             experiment, runs = plan(store, config, ddp=ddp)
-            planned = (experiment.id, [(run.to_dict(), record.id, record.status)
-                                       for run, record in runs])
+            # Epochs already recorded: the progress bar counts only the ones left to train.
+            planned = (experiment.id, [
+                (run.to_dict(), record.id, record.status,
+                 0 if record.status == "finished" else len(store.epochs(record.id)))
+                for run, record in runs])
         except ConfigConflictError as error:
             planned = error
     planned = share(planned)
@@ -251,26 +295,32 @@ def run_grid(
     experiment_id, items = planned
     result = GridResult(experiment_id)
     pending = []
-    for run_dict, run_id, status in items:
+    remaining_epochs = 0
+    for run_dict, run_id, status, done_epochs in items:
         run = RunConfig.from_dict(run_dict)
         if status == "finished":
             result.skipped.append(run.key)
         else:
             pending.append((run, run_id))
+            remaining_epochs += max(run.epochs - done_epochs, 0)
     if events is not None:
-        events.planned(len(items), len(result.skipped))
+        events.planned(len(items), len(result.skipped), remaining_epochs)
     if not pending:
         return result
 
     start = time.perf_counter()
-    data = load() if load is not None else task.load(
-        None if config.data_dir is None else Path(config.data_dir))
+    if not isinstance(data, RunData):
+        data = RunData(task, config.data_dir, data=data)
     claimant = Claimant.current()
 
     def attempt(run: RunConfig, run_id: int) -> Outcome:
         def started_epoch(epoch: int) -> None:
             if events is not None:
                 events.epoch(run, epoch)
+
+        def measuring() -> None:
+            if events is not None:
+                events.measuring(run)
 
         def announce(decision: Any) -> Any:
             # Tell the progress display where the run starts, once the claim is known.
@@ -281,8 +331,10 @@ def run_grid(
 
         outcome = execute_run(store, task, data, run, run_id, mc_samples=config.mc_samples,
                               claimant=claimant, train=train, extra=extra, share=announce,
-                              on_epoch=started_epoch)
+                              on_epoch=started_epoch, on_measure=measuring)
         if outcome.state == "lost":
+            if events is not None:
+                events.ended(run)  # its bar goes; the run itself is waited for below
             # Its new claimant finishes it; wait for that like for any held run.
             return Outcome("held", holder=store.holder(run_id) if lead else None)
         if outcome.claim is not None:

@@ -46,7 +46,6 @@ __all__ = ["MEASURING", "RunProgress"]
 MEASURING = "measuring (MC dropout, ablation, co-adaptation, BatchNorm shift)"
 
 
-
 def _eta(task: Task) -> Optional[float]:
     if not task.completed or task.elapsed is None or task.total is None:
         return None
@@ -118,6 +117,12 @@ class RunProgress:
         """The current run trained; its final measurements begin."""
         if self._run is not None:
             self._progress.update(self._run, description=f"  {self._key}: {MEASURING}")
+
+    def waiting(self, why: str) -> None:
+        """Every run left is held by another live writer; ``why`` says by whom."""
+        if self._overall is not None:
+            self._progress.update(self._overall,
+                                  description=f"{self.name}: epochs of all runs ({why})")
 
     def run_finished(self) -> None:
         if self._run is not None:

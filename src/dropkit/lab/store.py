@@ -64,6 +64,7 @@ __all__ = [
     "default_store_path",
     "open_store",
     "save_model",
+    "set_default_mode",
     "snapshot_path",
 ]
 
@@ -689,8 +690,37 @@ def snapshot_path(store: SQLiteStore, experiment: ExperimentRecord) -> Path:
     return artefacts_root(store) / f"sweep-{experiment.id}.json"
 
 
+def _umask() -> int:
+    # /proc says it without changing it; os.umask can only read it by setting it, which
+    # for an instant gives every other thread's new files the mask 0.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def set_default_mode(path: Path | str) -> None:
+    """Give ``path`` the mode a plain ``open(path, "w")`` would: 0666 less the umask.
+
+    The lab writes files atomically (a :func:`tempfile.mkstemp` file, then a rename),
+    and mkstemp creates them 0600 whatever the umask, so a model or a report would be
+    unreadable to the group the user shares results with. Every such file (the saved
+    ``model.pt``, the HTML report) gets its mode here.
+    """
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def save_model(model: nn.Module, directory: Path) -> Path:
-    """``directory/model.pt`` with the model's state dict; never a truncated file."""
+    """``directory/model.pt`` with the model's state dict; never a truncated file.
+
+    Its mode is 0666 less the umask (:func:`set_default_mode`).
+    """
     import torch
 
     # Write then rename, so a kill never leaves a truncated model file behind.
@@ -699,6 +729,7 @@ def save_model(model: nn.Module, directory: Path) -> Path:
     handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
     os.close(handle)
     torch.save(model.state_dict(), temporary)
+    set_default_mode(temporary)  # before the rename: the visible file never has 0600
     os.replace(temporary, target)
     return target
 

@@ -17,9 +17,16 @@ run keeps its checkpoint; the next worker on the study finds the trial's
 claimant dead (:meth:`dropkit.lab.store.SQLiteStore.holder`), resumes the run
 from its last epoch and tells the study the result.
 
+Objective: the task metric on the **validation** split (``val_<metric>``) at the
+epoch the training loop selects (:func:`dropkit.lab.train.select_epoch`); the
+pruner sees the per-epoch validation metric through the training loop's
+``on_epoch`` callback. The test set chooses nothing: searching on it would
+make the best trial's test score an optimistic estimate. Each trial's test
+metric at its selected epoch is kept as the user attribute ``test_<metric>``
+(and in the run store) for the report.
+
 Sampler: TPE (Bergstra et al., 2011, "Algorithms for hyper-parameter
-optimization"); pruner: median stopping on the per-epoch held-out metric,
-reported through the training loop's ``on_epoch`` callback.
+optimization"); pruner: median stopping on the per-epoch validation metric.
 
 Storage, by worker layout (Optuna's FAQ: SQLite is not safe for parallel workers):
 
@@ -60,7 +67,7 @@ import torch
 
 from dropkit.functional import validate_p
 from dropkit.lab.config import ConfigError, ExperimentConfig, RunConfig
-from dropkit.lab.pipeline import StopRun, execute_run
+from dropkit.lab.pipeline import RunData, StopRun, execute_run
 from dropkit.lab.store import (
     Claimant,
     ExperimentRecord,
@@ -68,7 +75,8 @@ from dropkit.lab.store import (
     open_store,
     snapshot_path,
 )
-from dropkit.lab.tasks import Task, get_task
+from dropkit.lab.tasks import Task, TaskData, get_task
+from dropkit.lab.train import select_epoch
 
 __all__ = [
     "StudyConfig",
@@ -144,6 +152,12 @@ class StudyConfig:
 
     @property
     def metric(self) -> str:
+        """The objective: the validation metric (never the test metric; see the module doc)."""
+        return f"val_{get_task(self.experiment.task).metric}"
+
+    @property
+    def test_metric(self) -> str:
+        """Shown beside the objective, chosen by nothing."""
         return f"test_{get_task(self.experiment.task).metric}"
 
     @property
@@ -176,6 +190,7 @@ class StudyConfig:
             "trials": self.trials,
             "storage": redact(self.storage, self.storage),
             "metric": self.metric,
+            "test_metric": self.test_metric,
             "direction": self.direction,
             "rate_range": [self.rate_min, self.rate_max],
             "identical_variants": {v: merged[v] for v in merged if merged[v] != v},
@@ -372,6 +387,7 @@ def write_snapshot(store: SQLiteStore, experiment: ExperimentRecord, config: Stu
         "study": config.name,
         "storage": redact(config.storage, config.storage),
         "metric": config.metric,
+        "test_metric": config.test_metric,
         "direction": config.direction,
         "budget": config.trials,
         "taken": time.time(),
@@ -399,10 +415,11 @@ def _log(message: str, config: StudyConfig) -> None:
 
 
 def run_worker(store_path: Path, config: StudyConfig, *, worker: int = 0, workers: int = 1,
-               verbose: bool = True) -> WorkerResult:
+               verbose: bool = True, data: Optional[TaskData] = None) -> WorkerResult:
     """Run trials of ``config``'s study until it holds ``config.trials`` trials.
 
     First it resumes the trials that dead workers left RUNNING, then asks new ones.
+    ``data``: the task's data if already loaded in this process (:class:`RunData`).
     """
     import optuna
 
@@ -415,15 +432,12 @@ def run_worker(store_path: Path, config: StudyConfig, *, worker: int = 0, worker
         with open_store(store_path) as store:
             experiment = ensure_sweep_experiment(store, config)
             task = get_task(config.experiment.task)
-            data_dir = config.experiment.data_dir
-            data = None
+            # Loaded when a trial first trains, per run seed where the task needs it.
+            run_data = RunData(task, config.experiment.data_dir, data=data)
             claimant = Claimant.current()
 
             def run(trial, adopted: bool) -> None:
-                nonlocal data
-                if data is None:
-                    data = task.load(None if data_dir is None else Path(data_dir))
-                outcome = _run_trial(store, experiment, config, study, trial, task, data,
+                outcome = _run_trial(store, experiment, config, study, trial, task, run_data,
                                      claimant)
                 if outcome is None:
                     return  # another live worker resumed it first
@@ -518,38 +532,53 @@ def _run_trial(store, experiment, config: StudyConfig, study, trial, task, data,
         (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == trial.number]
         for row in recorded:
             if row["epoch"] not in frozen.intermediate_values:
-                trial.report(row[config.metric], row["epoch"])
+                trial.report(_objective(row, config), row["epoch"])
 
     def report(epoch: int, metrics: dict) -> None:
-        trial.report(metrics[config.metric], epoch)
+        trial.report(_objective(metrics, config), epoch)
         if trial.should_prune():
             raise StopRun({"optuna": {"trial": trial.number, "state": "PRUNED", "epoch": epoch,
-                                      "value": metrics[config.metric]}})
+                                      "value": _objective(metrics, config)}})
+
+    def chosen() -> dict:
+        # The epoch the run reports (best validation metric), as train_run returns it.
+        return select_epoch(task, store.epochs(record.id))[0]
 
     try:
         outcome = execute_run(
             store, task, data, run, record.id, mc_samples=exp.mc_samples, claimant=claimant,
             report=report,
             extra=lambda facts: {"optuna": {"trial": trial.number, "state": "COMPLETE",
-                                            "value": store.epochs(record.id)[-1][config.metric]}},
+                                            "value": _objective(chosen(), config)}},
         )
     except BaseException:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
     if outcome.state == "held":
         return None
-    epochs = store.epochs(record.id)
-    value = epochs[-1][config.metric]
-    if outcome.state == "stopped":
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return "PRUNED", value
-    if outcome.state == "done" and store.measurements(record.id).get("optuna", {}).get(
-            "state") == "PRUNED":
-        # Killed after the run was recorded pruned but before the study was told.
+    # Killed after the run was recorded pruned but before the study was told: pruned too.
+    pruned = outcome.state == "stopped" or (
+        outcome.state == "done"
+        and store.measurements(record.id).get("optuna", {}).get("state") == "PRUNED")
+    # A pruned trial is judged where it stopped, a complete one at its selected epoch.
+    row = store.epochs(record.id)[-1] if pruned else chosen()
+    value = _objective(row, config)
+    trial.set_user_attr(config.test_metric, row[config.test_metric])
+    if pruned:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return "PRUNED", value
     study.tell(trial, value)
     return "COMPLETE", value
+
+
+def _objective(metrics: dict, config: StudyConfig) -> float:
+    try:
+        return metrics[config.metric]
+    except KeyError:
+        raise SweepError(
+            f"task {config.experiment.task!r} recorded no {config.metric!r} (no validation "
+            "split), and a sweep never tunes on the test set"
+        ) from None
 
 
 def _worker_entry(store_path: str, config: StudyConfig, worker: int, workers: int,
@@ -563,11 +592,12 @@ def _worker_entry(store_path: str, config: StudyConfig, worker: int, workers: in
 
 
 def run_sweep(store_path: Path, config: StudyConfig, *, workers: int = 1,
-              verbose: bool = True) -> dict[str, Any]:
+              verbose: bool = True, data: Optional[TaskData] = None) -> dict[str, Any]:
     """Run the sweep with ``workers`` local processes (1: in this process); return a summary.
 
     The summary counts the study's trials by state after all local workers ended
-    (workers on other machines may still be running).
+    (workers on other machines may still be running). ``data`` (the task's data, already
+    loaded) is used by a single in-process worker; spawned workers load their own.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers has to be an integer >= 1, but got {workers!r}")
@@ -578,7 +608,7 @@ def run_sweep(store_path: Path, config: StudyConfig, *, workers: int = 1,
     with open_store(store_path) as store:
         ensure_sweep_experiment(store, config)
     if workers == 1:
-        run_worker(store_path, config, verbose=verbose)
+        run_worker(store_path, config, verbose=verbose, data=data)
     else:
         import multiprocessing
 
@@ -601,7 +631,8 @@ def run_sweep(store_path: Path, config: StudyConfig, *, workers: int = 1,
     best = None
     try:
         best = {"number": study.best_trial.number, "value": study.best_value,
-                "params": study.best_params}
+                "params": study.best_params,
+                "test": study.best_trial.user_attrs.get(config.test_metric)}
     except ValueError:
         pass  # no complete trial yet
     return {"counts": counts, "best": best, "seconds": time.perf_counter() - start}

@@ -26,7 +26,7 @@ from dropkit.lab.report.claims import (
     evaluate_claims,
 )
 from dropkit.lab.report.table import _cell, epoch_words, gap_definition
-from dropkit.lab.store import ExperimentRecord, RunStore
+from dropkit.lab.store import ExperimentRecord, RunStore, set_default_mode
 from dropkit.lab.summary import ExperimentSummary, GroupSummary, Stat, summarise
 
 __all__ = ["render_report", "write_report"]
@@ -455,5 +455,6 @@ def write_report(store: RunStore, experiment: ExperimentRecord, path: Path) -> P
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".html.tmp")
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         stream.write(text)
+    set_default_mode(temporary)  # mkstemp makes 0600; a report is a file like any other
     os.replace(temporary, path)
     return path
