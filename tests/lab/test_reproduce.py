@@ -47,7 +47,8 @@ def test_list_shows_every_protocol_with_its_paper():
 
 
 def test_registry_entries_are_complete():
-    assert list(PROTOCOLS) == ["srivastava2014-mnist", "zaremba2014-ptb", "gal2016-uci"]
+    assert list(PROTOCOLS) == [
+        "srivastava2014-mnist", "zaremba2014-ptb", "gal2016-uci", "gal2017-active-mnist"]
     for protocol in PROTOCOLS.values():
         assert protocol.paper_numbers and protocol.default_epochs >= 1
         assert len(protocol.default_seeds) >= 3       # verdicts need 3 paired seeds
@@ -62,7 +63,7 @@ def test_registry_entries_are_complete():
         (["srivastava2014-mnist", "--epochs", "0"], "--epochs has to be a positive integer"),
         (["srivastava2014-mnist", "--seeds", "a,b"], "--seeds has to be comma-separated integers"),
         (["srivastava2014-mnist", "--seeds", "-1"], "--seeds has to be non-negative"),
-        (["srivastava2014-mnist", "--seeds", "1,1"], "repeated seed"),
+        (["srivastava2014-mnist", "--seeds", "1,1"], "repeats 1; give each value once"),
         (["srivastava2014-mnist", "--threads", "0"], "--threads has to be >= 1"),
         ([], "name a protocol"),
     ],
