@@ -58,6 +58,24 @@ class _PhiloxDropout(SeedStream):
         return {"seed": self.seed, "offset": self._next_offset() if self.training else 0}
 
 
+class _TorchTwin(_PhiloxDropout):
+    """The constructor of a ``torch.nn`` dropout module, ``(p, inplace)``, plus dropkit's
+    keyword-only seed knobs (:mod:`dropkit.nn.base`); shared by the twins that add nothing."""
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        seed: Optional[int] = None,
+        fixed_mask: bool = False,
+        persist_stream: bool = False,
+    ) -> None:
+        validate_p(p)
+        super().__init__(p, inplace)
+        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
+
+
 class Dropout(_PhiloxDropout, nn.Dropout):
     """Zero each element with probability ``p`` during training.
 
@@ -94,31 +112,18 @@ class Dropout(_PhiloxDropout, nn.Dropout):
         )
 
 
-class Dropout1d(_PhiloxDropout, nn.Dropout1d):
+class Dropout1d(_TorchTwin, nn.Dropout1d):
     """Drop whole channels of ``(N, C, L)``/``(C, L)`` inputs (Tompson et al., 2015).
 
     Use after 1-D convolutions (audio, sequences as channels) where neighbouring
     positions are correlated and element-wise dropout barely regularises.
     """
 
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        seed: Optional[int] = None,
-        fixed_mask: bool = False,
-        persist_stream: bool = False,
-    ) -> None:
-        validate_p(p)
-        super().__init__(p, inplace)
-        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
-
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout1d(input, self.p, self.training, self.inplace, **self._options())
 
 
-class Dropout2d(_PhiloxDropout, nn.Dropout2d):
+class Dropout2d(_TorchTwin, nn.Dropout2d):
     """Drop whole feature maps of ``(N, C, H, W)``/``(C, H, W)`` inputs.
 
     Tompson et al. (2015), "Efficient object localization using convolutional
@@ -127,38 +132,12 @@ class Dropout2d(_PhiloxDropout, nn.Dropout2d):
     input as ``(N, C, L)``), a 3-D input is an unbatched ``(C, H, W)`` image.
     """
 
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        seed: Optional[int] = None,
-        fixed_mask: bool = False,
-        persist_stream: bool = False,
-    ) -> None:
-        validate_p(p)
-        super().__init__(p, inplace)
-        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
-
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout2d(input, self.p, self.training, self.inplace, **self._options())
 
 
-class Dropout3d(_PhiloxDropout, nn.Dropout3d):
+class Dropout3d(_TorchTwin, nn.Dropout3d):
     """Drop whole volumes of ``(N, C, D, H, W)``/``(C, D, H, W)`` inputs (3-D CNNs, video)."""
-
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        seed: Optional[int] = None,
-        fixed_mask: bool = False,
-        persist_stream: bool = False,
-    ) -> None:
-        validate_p(p)
-        super().__init__(p, inplace)
-        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout3d(input, self.p, self.training, self.inplace, **self._options())
@@ -201,41 +180,15 @@ class SpatialDropout(_PhiloxDropout, nn.Module):
         )
 
 
-class AlphaDropout(_PhiloxDropout, nn.AlphaDropout):
+class AlphaDropout(_TorchTwin, nn.AlphaDropout):
     """Alpha dropout for SELU networks (Klambauer et al., 2017): keeps mean 0 and variance 1."""
-
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        seed: Optional[int] = None,
-        fixed_mask: bool = False,
-        persist_stream: bool = False,
-    ) -> None:
-        validate_p(p)
-        super().__init__(p, inplace)
-        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.alpha_dropout(input, self.p, self.training, self.inplace, **self._options())
 
 
-class FeatureAlphaDropout(_PhiloxDropout, nn.FeatureAlphaDropout):
+class FeatureAlphaDropout(_TorchTwin, nn.FeatureAlphaDropout):
     """Channel-wise alpha dropout for SELU CNNs: one mask value per (sample, channel)."""
-
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        seed: Optional[int] = None,
-        fixed_mask: bool = False,
-        persist_stream: bool = False,
-    ) -> None:
-        validate_p(p)
-        super().__init__(p, inplace)
-        self._init_dropkit(seed=seed, fixed_mask=fixed_mask, persist_stream=persist_stream)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.feature_alpha_dropout(
