@@ -24,8 +24,9 @@ import keras
 from keras import ops
 
 from dropkit.functional import validate_p
+from dropkit.functional.conv import block_sizes
 from dropkit.keras import _philox
-from dropkit.random import KEEP_BITS, keep_threshold
+from dropkit.random import keep_scale
 
 __all__ = [
     "keep_mask",
@@ -77,13 +78,6 @@ def _as_int(value) -> int:
     return int(array[0]) | (int(array[1]) << 32 if array.size > 1 else 0)
 
 
-def _keep_scale(rate: float) -> tuple[int, float, float]:
-    threshold = keep_threshold(1.0 - rate)
-    keep_prob = threshold / (1 << KEEP_BITS)
-    scale = (1 << KEEP_BITS) / threshold if threshold else 0.0
-    return threshold, keep_prob, scale
-
-
 def resolve_noise_shape(shape: Sequence[int], noise_shape: Optional[Sequence]) -> tuple[int, ...]:
     """Keras' ``noise_shape`` with ``None`` entries filled from ``shape``; checked."""
     shape = tuple(shape)
@@ -113,7 +107,7 @@ def _broadcast_dims(shape: Sequence[int], mask_shape: Sequence[int]) -> tuple[in
 
 def keep_mask(shape: Sequence[int], rate: float, seed: Seed, offset=0):
     """Boolean mask of ``shape``: element ``i`` (row-major) kept iff its lane < threshold."""
-    threshold, _, _ = _keep_scale(validate_p(rate))
+    threshold, _, _ = keep_scale(validate_p(rate))
     if _torch_backend():
         from dropkit.random import keep_mask as torch_keep_mask
 
@@ -150,7 +144,7 @@ def dropout(x, rate: float, *, seed: Seed, offset=0, noise_shape=None, scale_by_
             broadcast_dims=_broadcast_dims(shape, mask_shape),
             seed=_as_int(seed), offset=_as_int(offset),
         )
-    threshold, _, scale = _keep_scale(rate)
+    threshold, _, scale = keep_scale(rate)
     if not scale_by_keep:
         scale = 1.0 if threshold else 0.0
     keep = keep_mask(mask_shape, rate, seed, offset)
@@ -165,7 +159,7 @@ def alpha_dropout(x, rate: float, *, seed: Seed, offset=0, noise_shape=None):
     mask_shape = resolve_noise_shape(shape, noise_shape)
     if rate == 0.0 or math.prod(shape) == 0:
         return x
-    threshold, keep_prob, _ = _keep_scale(rate)
+    threshold, keep_prob, _ = keep_scale(rate)
     if threshold == 0:
         return ops.zeros_like(x)
     keep = ops.broadcast_to(keep_mask(mask_shape, rate, seed, offset), shape)
@@ -188,18 +182,9 @@ def drop_path(x, rate: float, *, seed: Seed, offset=0, scale_by_keep: bool = Tru
     )
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def check_block_size(block_size, op: str) -> tuple[int, int]:
-    sizes = (block_size,) * 2 if isinstance(block_size, int) else tuple(block_size)
-    if len(sizes) != 2 or not all(_positive_int(s) for s in sizes):
-        raise ValueError(
-            f"{op}: block_size has to be a positive int or a sequence of 2 positive ints, "
-            f"but got {block_size!r}"
-        )
-    return sizes
+    """``block_size`` as two positive ints (the torch ops' check and message)."""
+    return block_sizes(block_size, 2, op)
 
 
 def drop_block2d(
