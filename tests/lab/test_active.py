@@ -114,3 +114,43 @@ def test_protocol_records_every_run_and_reprints_from_the_store(tmp_path, monkey
     assert first.markdown() == again.markdown()
     # one seed: every verdict says it needs 3
     assert all("not measured" in c.verdict for c in first.comparisons)
+
+
+def test_interrupted_protocol_keeps_finished_seeds_and_resumes_at_the_next(tmp_path, monkeypatch):
+    from dropkit.lab.reproduce import get_protocol
+    from dropkit.lab.store import open_store
+
+    data = require_shared("mnist")
+    tiny = {k: v for k, v in TINY.items() if k not in ("functions", "rounds", "seeds")}
+    real = al.run_active_learning
+    trained: list[list[int]] = []
+
+    def killed_at_seed_1(*args, **kwargs):
+        if kwargs["seeds"] == [1]:
+            raise KeyboardInterrupt  # the user's Ctrl-C during the second seed
+        trained.append(kwargs["seeds"])
+        return real(*args, **{**kwargs, **tiny})
+
+    def counted(*args, **kwargs):
+        trained.append(kwargs["seeds"])
+        return real(*args, **{**kwargs, **tiny})
+
+    protocol = get_protocol("gal2017-active-mnist")
+    with open_store(tmp_path / "s.sqlite") as store:
+        monkeypatch.setattr(al, "run_active_learning", killed_at_seed_1)
+        with pytest.raises(KeyboardInterrupt):
+            protocol.run(store, data.parent, 1, (0, 1), False)
+        experiment = store.get_experiment("reproduce:gal2017-active-mnist")
+        status = {r.key: r.status for r in store.runs(experiment.id)}
+        assert {k for k, v in status.items() if v == "finished"} == {
+            f"{f}/seed=0" for f in al._DEFAULT_FUNCTIONS}
+        seed_0 = {k: store.measurements(r.id)["errors"] for r in store.runs(experiment.id)
+                  if (k := r.key).endswith("seed=0")}
+
+        monkeypatch.setattr(al, "run_active_learning", counted)
+        result = protocol.run(store, data.parent, 1, (0, 1), False)
+        after = {r.key: store.measurements(r.id) for r in store.runs(experiment.id)}
+    assert trained == [[0], [1]]  # seed 0 once, before the interrupt; then only seed 1
+    assert all(r["errors"] == seed_0[k] for k, r in after.items() if k.endswith("seed=0"))
+    assert len(after) == 8
+    assert [len(row[1].split(",")) for row in result.tables[0][1]] == [2, 2, 2, 2]

@@ -436,55 +436,6 @@ class _Run:
         return error
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line: run, print the table, write ``result.json`` and ``curves.png`` to --out."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dropkit.lab.reproduce.gal2017_active_mnist",
-        description="Gal, Islam & Ghahramani (2017): MNIST active learning with MC dropout.",
-    )
-    parser.add_argument("--data-dir", default=None, help="folder with MNIST's IDX files")
-    parser.add_argument("--out", default=None, help="folder for result.json and curves.png")
-    parser.add_argument("--functions", default=",".join(_DEFAULT_FUNCTIONS))
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--seeds", type=int, default=2, help="number of seeds (0..n-1)")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--pool-subset", type=int, default=2000)
-    parser.add_argument("--mc-samples", type=int, default=20)
-    parser.add_argument("--test-subset", type=int, default=2000, help="0: all 10000")
-    parser.add_argument("--no-verify", action="store_true", help="skip the MNIST MD5 check")
-    args = parser.parse_args(argv)
-    try:
-        result = run_active_learning(
-            args.data_dir,
-            functions=[f.strip() for f in args.functions.split(",") if f.strip()],
-            rounds=args.rounds,
-            seeds=list(range(args.seeds)) if args.seeds >= 1 else [],
-            epochs=args.epochs,
-            pool_subset=args.pool_subset,
-            mc_samples=args.mc_samples,
-            test_subset=args.test_subset or None,
-            verify=not args.no_verify,
-            progress=lambda line: print(line, file=sys.stderr, flush=True),
-        )
-    except (ValueError, OSError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"error: {first}", file=sys.stderr)
-        return 2
-    print(result.table())
-    print(f"wall time {result.seconds / 60:.1f} min")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
-        result.plot(out / "curves.png")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-
 # --------------------------------------------------------------------------- the protocol
 
 _NAME = "gal2017-active-mnist"
@@ -508,8 +459,9 @@ def _protocol_run(store, data_dir, epochs, seeds, progress):
     """``dropkit lab reproduce gal2017-active-mnist``: ``epochs`` is the number of rounds.
 
     Each (function, seed) is one run of the store holding its error curve. The
-    functions run in lockstep, so the store records them when the whole comparison
-    has finished; a rerun with the same budget reprints them without training.
+    functions of one seed run in lockstep, and the store records them as soon as
+    that seed has finished: an interrupted comparison resumes at the first seed not
+    recorded, and a rerun with the same budget reprints the result without training.
     """
     from dropkit.lab.reproduce._base import ProtocolResult, judge, log, paired_comparison
 
@@ -521,24 +473,30 @@ def _protocol_run(store, data_dir, epochs, seeds, progress):
     runs = {(f, s): store.ensure_run(experiment.id, f"{f}/seed={s}",
                                      {**config, "variant": f, "p": 0.5, "seed": s})
             for f in functions for s in seeds}
-    if all(run.status == "finished" for run in runs.values()):
-        first = store.measurements(next(iter(runs.values())).id)
-        result = ActiveLearningResult(
-            acquired=first["acquired"], seeds=list(seeds),
-            errors={f: [store.measurements(runs[f, s].id)["errors"] for s in seeds]
-                    for f in functions},
-            settings=first["settings"],
-        )
-    else:
-        result = run_active_learning(
-            data_dir, functions=functions, rounds=epochs, seeds=seeds,
-            progress=(lambda message: log(progress, message)),
-        )
-        for (f, s), run in runs.items():
-            store.finish_run(run.id, {
-                "acquired": result.acquired, "errors": result.errors[f][seeds.index(s)],
-                "settings": result.settings,
-            }, {})
+    curves: dict[tuple[str, int], list[float]] = {}
+    acquired: list[int] = []
+    settings: dict[str, Any] = {}
+    for seed in seeds:
+        if all(runs[f, seed].status == "finished" for f in functions):
+            recorded = {f: store.measurements(runs[f, seed].id) for f in functions}
+            log(progress, f"{_NAME}: seed {seed} is recorded in the store; not retrained")
+        else:
+            one = run_active_learning(
+                data_dir, functions=functions, rounds=epochs, seeds=[seed],
+                progress=(lambda message: log(progress, message)),
+            )
+            recorded = {f: {"acquired": one.acquired, "errors": one.errors[f][0],
+                            "settings": one.settings, "seconds": one.seconds}
+                        for f in functions}
+            for f in functions:
+                store.finish_run(runs[f, seed].id, recorded[f], {})
+        for f in functions:
+            curves[f, seed] = recorded[f]["errors"]
+        acquired, settings = recorded[functions[0]]["acquired"], recorded[functions[0]]["settings"]
+    result = ActiveLearningResult(
+        acquired=acquired, seeds=list(seeds),
+        errors={f: [curves[f, s] for s in seeds] for f in functions}, settings=settings,
+    )
     reached = result.images_to_reach()
     ceiling = result.acquired[-1] + 1  # not reached: a lower bound, counted past the budget
     rows = []
@@ -593,3 +551,51 @@ def _build_protocol():
 
 
 PROTOCOL = _build_protocol()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: run, print the table, write ``result.json`` and ``curves.png`` to --out."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dropkit.lab.reproduce.gal2017_active_mnist",
+        description="Gal, Islam & Ghahramani (2017): MNIST active learning with MC dropout.",
+    )
+    parser.add_argument("--data-dir", default=None, help="folder with MNIST's IDX files")
+    parser.add_argument("--out", default=None, help="folder for result.json and curves.png")
+    parser.add_argument("--functions", default=",".join(_DEFAULT_FUNCTIONS))
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=2, help="number of seeds (0..n-1)")
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--pool-subset", type=int, default=2000)
+    parser.add_argument("--mc-samples", type=int, default=20)
+    parser.add_argument("--test-subset", type=int, default=2000, help="0: all 10000")
+    parser.add_argument("--no-verify", action="store_true", help="skip the MNIST MD5 check")
+    args = parser.parse_args(argv)
+    try:
+        result = run_active_learning(
+            args.data_dir,
+            functions=[f.strip() for f in args.functions.split(",") if f.strip()],
+            rounds=args.rounds,
+            seeds=list(range(args.seeds)) if args.seeds >= 1 else [],
+            epochs=args.epochs,
+            pool_subset=args.pool_subset,
+            mc_samples=args.mc_samples,
+            test_subset=args.test_subset or None,
+            verify=not args.no_verify,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except (ValueError, OSError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"error: {first}", file=sys.stderr)
+        return 2
+    print(result.table())
+    print(f"wall time {result.seconds / 60:.1f} min")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
+        result.plot(out / "curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
