@@ -175,3 +175,33 @@ def test_ddp_returns_and_resumes_the_best_validation_epoch_like_a_plain_run(tmp_
     train_run(task, data, config,
               on_epoch=lambda epoch, metrics, blob: plain_rows.append({**metrics, "epoch": epoch}))
     assert select_epoch(task, plain_rows)[0]["epoch"] == chosen["epoch"]
+
+
+def test_ddp_clips_gradients_like_a_plain_run(tmp_path):
+    # The data-parallel branch of the one training loop clips as the plain one does
+    # (before the loops were one, train_run_ddp ignored task.clip_grad_norm). With a
+    # single rank and p=0 the two runs must end with the same weights.
+    import torch.distributed as dist
+
+    from dropkit.lab.config import RunConfig
+    from dropkit.lab.ddp import train_run_ddp
+    from dropkit.lab.tasks import get_task
+    from dropkit.lab.train import train_run
+
+    base = type(get_task("diabetes"))
+    task = type("ClippedDiabetes", (base,), {"clip_grad_norm": 1e-3})()
+    data = task.load(None)
+    config = RunConfig(task="diabetes", variant="standard", p=0.0, seed=1, epochs=2,
+                       batch_size=32, lr=1e-1, weight_decay=0.0)
+    plain = train_run(task, data, config).state_dict()
+    unclipped = train_run(get_task("diabetes"), data, config).state_dict()
+    assert not all(torch.equal(plain[k], v) for k, v in unclipped.items())  # clipping bites
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}",
+                            rank=0, world_size=1)
+    try:
+        parallel, facts = train_run_ddp(task, data, config, device=torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+    assert facts["world_size"] == 1
+    for name, tensor in parallel.state_dict().items():
+        torch.testing.assert_close(tensor, plain[name], rtol=0, atol=1e-7)

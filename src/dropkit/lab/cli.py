@@ -576,7 +576,17 @@ def reproduce(
 
 def main() -> None:
     """Console-script entry point (``dropkit``) and ``python -m dropkit``."""
-    app(prog_name="dropkit")
+    try:
+        app(prog_name="dropkit")
+    except SystemExit as done:
+        ddp = sys.modules.get("dropkit.lab.ddp")
+        if ddp is not None and ddp.trained_data_parallel():
+            # A torchrun rank: leave before finalization (see exit_rank for why).
+            code = done.code
+            if isinstance(code, str):
+                print(code, file=sys.stderr)
+            ddp.exit_rank(code if isinstance(code, int) else 0 if code is None else 1)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,33 +36,23 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from dropkit.distributed import RNGTracker
 from dropkit.lab.config import ConfigError, ExperimentConfig, RunConfig
 from dropkit.lab.pipeline import GridResult, plan, run_grid
 from dropkit.lab.store import open_store
 from dropkit.lab.tasks import Task, TaskData, get_task
-from dropkit.lab.train import (
-    _best_of,
-    _checkpoint,
-    _restore,
-    check_data_for_run,
-    epoch_metrics,
-    initial_model,
-    selection_key,
-)
+from dropkit.lab.train import train_loop
 
-__all__ = ["launched_by_torchrun", "run_experiment_ddp", "torchrun_rank"]
-
-_STREAM = "lab-data-parallel"
+__all__ = ["exit_rank", "launched_by_torchrun", "run_experiment_ddp", "torchrun_rank",
+           "trained_data_parallel"]
 
 
 def launched_by_torchrun() -> bool:
@@ -114,88 +104,14 @@ def train_run_ddp(
 ) -> tuple[nn.Module, dict]:
     """:func:`dropkit.lab.train.train_run` on this rank's slice of every minibatch.
 
-    Returns the trained module (unwrapped, eval mode) with the weights of the epoch
-    with the best validation metric, as :func:`~dropkit.lab.train.train_run` does, and
-    the DDP facts rank 0 records: world size, backend, first step's stream seed per
-    rank, the largest parameter difference between replicas seen after any epoch.
+    The same loop (:func:`dropkit.lab.train.train_loop`) with its data-parallel
+    branches taken. Returns the trained module (unwrapped, eval mode) with the
+    weights of the epoch with the best validation metric, and the DDP facts rank 0
+    records: world size, backend, first step's stream seed per rank, the largest
+    parameter difference between replicas seen after any epoch.
     """
-    from torch.nn.parallel import DistributedDataParallel
-
-    check_data_for_run(task, data, config.seed)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    # Seeded by the run seed alone, the same on every rank (the tracker's contract) and
-    # the same weights a single-process run of this config starts from.
-    model = initial_model(task, config).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    shuffle = torch.Generator().manual_seed(config.seed)
-    first_epoch, best = 1, None
-    if checkpoint is not None:
-        first_epoch = _restore(checkpoint, model, optimizer, shuffle) + 1
-        best = _best_of(checkpoint)
-    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                      else None)
-    tracker = RNGTracker()
-    tracker.add_per_rank(_STREAM)
-
-    x, y = data.x_train.to(device), data.y_train.to(device)
-    first_seed: Optional[int] = None
-    replica_diff = 0.0
-    for epoch in range(first_epoch, config.epochs + 1):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        wrapped.train()
-        fit_loss = torch.zeros((), dtype=torch.float64, device=device)
-        batches = 0
-        for batch in torch.randperm(len(x), generator=shuffle).split(config.batch_size):
-            if len(batch) < world:
-                continue  # every rank sees the same length, so all skip it together
-            shard = batch.tensor_split(world)[rank].to(device)
-            with tracker.fork(_STREAM):
-                if first_seed is None:
-                    # fork re-seeded the generator: its seed keys every mask of this step.
-                    first_seed = torch.initial_seed()
-                output = wrapped(x[shard])
-            loss = task.loss(output, y[shard])
-            optimizer.zero_grad(set_to_none=True)
-            (loss * (world * len(shard) / len(batch))).backward()
-            optimizer.step()
-            fit_loss += loss.detach().double() * (len(shard) / len(batch))
-            batches += 1
-        dist.all_reduce(fit_loss)
-        epoch_time = time.perf_counter() - start
-        epoch_cpu_time = time.process_time() - cpu_start  # this rank's; see train_run
-        replica_diff = max(replica_diff, _replica_difference(model))
-        if rank == 0:
-            metrics = epoch_metrics(
-                model, task, data, x, y, fit_loss.item() / max(batches, 1), epoch_time,
-                epoch_cpu_time,
-            )
-            key = selection_key(task, metrics)
-            # Strictly better only: ties keep the earlier epoch, as select_epoch does.
-            if key is not None and (best is None or key < best["key"]):
-                best = {"epoch": epoch, "key": key,
-                        "model": {name: value.detach().cpu().clone()
-                                  for name, value in model.state_dict().items()}}
-            if on_epoch is not None:
-                on_epoch(epoch, metrics, _checkpoint(model, optimizer, shuffle, epoch, best))
-    seeds: list = [None] * world
-    dist.all_gather_object(seeds, first_seed)
-    facts = {"world_size": world, "backend": dist.get_backend(),
-             "first_step_stream_seeds": seeds, "replica_max_abs_diff": replica_diff}
-    if rank == 0 and best is not None:
-        # Only rank 0 scores epochs and returns a model the pipeline records; the other
-        # ranks' replicas are discarded.
-        model.load_state_dict(best["model"])
-    return model.eval(), facts
-
-
-def _replica_difference(model: nn.Module) -> float:
-    flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
-    high, low = flat.clone(), flat.clone()
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    return (high - low).abs().max().item()
+    return train_loop(task, data, config, checkpoint=checkpoint, on_epoch=on_epoch, ddp=True,
+                      device=device)
 
 
 def _broadcast(value):
@@ -233,6 +149,34 @@ def _rank_main(store_path: Optional[Path], config: ExperimentConfig, world: int,
             store.close()
 
 
+_TRAINED = False
+
+
+def trained_data_parallel() -> bool:
+    """Whether this process took part in data-parallel training (see :func:`exit_rank`)."""
+    return _TRAINED
+
+
+def exit_rank(code: int = 0) -> NoReturn:
+    """End a rank's process now, with ``code``, skipping the interpreter's finalization.
+
+    Why: a ``DistributedDataParallel`` module keeps its gloo backend alive after
+    ``destroy_process_group`` (torch 2.13: the worker threads outlive the module;
+    checked with the threads' names in ``/proc/self/task``). Those threads still
+    release finished collectives, whose tensors hold Python references, and
+    releasing one takes the GIL; if Python is finalizing by then, the thread is
+    unwound through C++ and the process aborts ("terminate called without an
+    active exception", SIGABRT, after all its work was done). That happened to
+    about 1 torchrun launch in 30 here, and a core dump showed
+    ``ProcessGroupGloo::runLoop`` destroying a barrier's prior all-gather in
+    ``take_gil``. pytorch/pytorch#179291 describes the same race. Everything this
+    process owes is written before: the store is closed and the streams are flushed.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _quiesce() -> None:
     """Wait for every rank before tearing the process group down.
 
@@ -258,6 +202,7 @@ def _spawned(rank: int, port: int, world: int, store_path: str, config: Experime
         _quiesce()
     finally:
         dist.destroy_process_group()
+    exit_rank(0)  # the result file is written; see exit_rank for why not return
 
 
 def run_experiment_ddp(store_path: Path, config: ExperimentConfig,
@@ -271,10 +216,12 @@ def run_experiment_ddp(store_path: Path, config: ExperimentConfig,
     CLI's check) is used by this process's rank under torchrun; spawned ranks load
     their own rather than receive a pickled copy.
     """
+    global _TRAINED
     if launched_by_torchrun():
         world = _world_from_env(world_size)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        _TRAINED = True
         try:
             result = _rank_main(store_path if torchrun_rank() == 0 else None, config, world,
                                 None, data)

@@ -17,7 +17,9 @@ of that epoch. The test set chooses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import io
 import math
 import time
@@ -25,12 +27,13 @@ from collections.abc import Callable
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from dropkit.lab.config import RunConfig
 from dropkit.lab.tasks import Task, TaskData
 
-__all__ = ["evaluate", "select_epoch", "selection_key", "train_run"]
+__all__ = ["evaluate", "select_epoch", "selection_key", "train_loop", "train_run"]
 
 
 EpochCallback = Callable[[int, dict, bytes], None]
@@ -198,8 +201,37 @@ def train_run(
     reports (best validation metric), or of the last epoch when there is no
     validation split.
     """
+    return train_loop(task, data, config, checkpoint=checkpoint, on_epoch=on_epoch)[0]
+
+
+#: The per-rank stream (``dropkit.distributed.RNGTracker``) a data-parallel step's
+#: forward draws its dropout masks from.
+DATA_PARALLEL_STREAM = "lab-data-parallel"
+
+
+def train_loop(
+    task: Task,
+    data: TaskData,
+    config: RunConfig,
+    *,
+    checkpoint: Optional[bytes] = None,
+    on_epoch: Optional[EpochCallback] = None,
+    ddp: bool = False,
+    device: Optional[torch.device] = None,
+) -> tuple[nn.Module, dict]:
+    """The one training loop, single-process or (``ddp``) as one rank of a process group.
+
+    Returns ``(model, facts)``: the model as :func:`train_run` describes it and, with
+    ``ddp``, what rank 0 records about the parallel run (:mod:`dropkit.lab.ddp`):
+    world size, backend, each rank's first-step stream seed and the largest
+    parameter difference between replicas after any epoch; ``{}`` without it.
+    With ``ddp`` only rank 0 scores epochs and calls ``on_epoch``.
+    """
     check_data_for_run(task, data, config.seed)
-    model = initial_model(task, config)
+    device = torch.device("cpu") if device is None else device
+    # Seeded by the run seed alone: with ddp the same on every rank, and the weights a
+    # single-process run of this config starts from.
+    model = initial_model(task, config).to(device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -209,34 +241,86 @@ def train_run(
         first_epoch = _restore(checkpoint, model, optimizer, shuffle) + 1
         best = _best_of(checkpoint)
 
-    x, y = data.x_train, data.y_train
+    rank, world, forward, fork = 0, 1, model, contextlib.nullcontext
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        from dropkit.distributed import RNGTracker
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        forward = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+        tracker = RNGTracker()
+        tracker.add_per_rank(DATA_PARALLEL_STREAM)
+        fork = functools.partial(tracker.fork, DATA_PARALLEL_STREAM)
+    first_seed: Optional[int] = None
+    replica_diff = 0.0
+
+    x, y = data.x_train.to(device), data.y_train.to(device)
     for epoch in range(first_epoch, config.epochs + 1):
         start, cpu_start = time.perf_counter(), time.process_time()
-        model.train()
+        forward.train()
         fit_loss, batches = 0.0, 0
         for batch in torch.randperm(len(x), generator=shuffle).split(config.batch_size):
-            loss = task.loss(model(x[batch]), y[batch])
+            # The global minibatch is a single process's; rank r trains on slice r of
+            # it. A minibatch smaller than the world is skipped by every rank alike.
+            if len(batch) < world:
+                continue
+            shard = batch.tensor_split(world)[rank].to(device) if ddp else batch
+            with fork():
+                if ddp and first_seed is None:
+                    # fork re-seeded the generator: its seed keys every mask of this step.
+                    first_seed = torch.initial_seed()
+                loss = task.loss(forward(x[shard]), y[shard])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            weight = len(shard) / len(batch)
+            # DDP averages gradients over ranks: scaled so, the average is the gradient
+            # of the whole minibatch's mean loss even when the slices differ in size.
+            (loss * (world * weight) if ddp else loss).backward()
             if task.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), task.clip_grad_norm)
             optimizer.step()
-            fit_loss, batches = fit_loss + loss.item(), batches + 1
+            fit_loss, batches = fit_loss + loss.item() * weight, batches + 1
+        if ddp:
+            summed = torch.tensor(fit_loss, dtype=torch.float64, device=device)
+            dist.all_reduce(summed)
+            fit_loss = summed.item()
         # CPU time is what the run itself consumed; wall time also counts waiting for a
         # core that other jobs hold, so only CPU time can say whether dropout is slower.
         epoch_time = time.perf_counter() - start
-        epoch_cpu_time = time.process_time() - cpu_start
-
+        epoch_cpu_time = time.process_time() - cpu_start  # with ddp: this rank's
+        if ddp:
+            replica_diff = max(replica_diff, _replica_difference(model))
+        if rank != 0:
+            continue
         metrics = epoch_metrics(
-            model, task, data, x, y, fit_loss / batches, epoch_time, epoch_cpu_time
+            model, task, data, x, y, fit_loss / max(batches, 1), epoch_time, epoch_cpu_time
         )
         key = selection_key(task, metrics)
         # Strictly better only: ties keep the earlier epoch, as select_epoch does.
         if key is not None and (best is None or key < best["key"]):
             best = {"epoch": epoch, "key": key,
-                    "model": copy.deepcopy(model.state_dict())}
+                    "model": {name: value.detach().cpu().clone() if isinstance(value, Tensor)
+                              else copy.deepcopy(value)
+                              for name, value in model.state_dict().items()}}
         if on_epoch is not None:
             on_epoch(epoch, metrics, _checkpoint(model, optimizer, shuffle, epoch, best))
-    if best is not None:
+    facts: dict = {}
+    if ddp:
+        seeds: list = [None] * world
+        dist.all_gather_object(seeds, first_seed)
+        facts = {"world_size": world, "backend": dist.get_backend(),
+                 "first_step_stream_seeds": seeds, "replica_max_abs_diff": replica_diff}
+    # Only rank 0 scores epochs; the other ranks' replicas are discarded.
+    if rank == 0 and best is not None:
         model.load_state_dict(best["model"])
-    return model.eval()
+    return model.eval(), facts
+
+
+def _replica_difference(model: nn.Module) -> float:
+    """Largest absolute difference of any parameter between any two ranks' replicas."""
+    flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return (high - low).abs().max().item()
