@@ -273,13 +273,19 @@ def test_status(tmp_path):
     assert not present and "no {digit}_{speaker}_{take}.wav files" in message
     make_fsdd(tmp_path / "recordings", speakers=("alice",))
     present, message = fsdd.status(tmp_path)
-    assert present and "70 recordings (20 train, 50 test; 1 speakers)" in message
+    assert present and "70 recordings (20 train, 50 test; 1 speakers; every file reads)" in message
+    # A truncated recording: before, status only listed the names and said "present".
+    victim = sorted((tmp_path / "recordings").glob("*.wav"))[3]
+    victim.write_bytes(victim.read_bytes()[:-100])
+    present, message = fsdd.status(tmp_path)
+    assert not present and message.startswith("FSDD: damaged: ")
+    assert victim.name in message and "truncated" in message
 
 
 def test_shared_fsdd_counts_and_test_split():
     recordings_dir = require_shared("fsdd", "recordings")
     present, message = fsdd.status(recordings_dir.parent.parent)
-    assert present and "3000 recordings (2700 train, 300 test; 6 speakers)" in message
+    assert present and "3000 recordings (2700 train, 300 test; 6 speakers; every file" in message
     test = load_fsdd(recordings_dir, "test")
     assert test.features.shape == (300, 40, 100)
     assert torch.bincount(test.labels).tolist() == [30] * 10

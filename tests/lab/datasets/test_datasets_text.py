@@ -159,12 +159,38 @@ def test_text_status(tmp_path):
     folder = write_ptb(tmp_path / "ptb", train=False)
     present, message = text.status(tmp_path)
     assert present and "partial" in message and "train-on-valid" in message
+    assert "NOT the published files: ptb.valid.txt (MD5 " in message
     (folder / "ptb.train.txt").write_text(TRAIN)
-    assert text.status(tmp_path) == (True, f"Penn Treebank: complete in {folder}")
+    # The toy test file holds 'zebra', outside the training vocabulary: load_ptb refuses
+    # it, so status must not call the set complete (before, it only looked for files).
+    present, message = text.status(tmp_path)
+    assert not present
+    assert "Penn Treebank: damaged:" in message and "word 'zebra' is not in" in message
+    (folder / "ptb.test.txt").write_text(" the dog sat on a mat \n")
+    present, message = text.status(tmp_path)
+    assert present and message.startswith(f"Penn Treebank: complete in {folder} (NOT the publ")
+    (folder / "ptb.valid.txt").write_bytes(b"the cat\x00\x00 sat\n")  # a bad copy's zeros
+    present, message = text.status(tmp_path)
+    assert not present and "holds a NUL byte at byte 7" in message
     present, message = text.status(tmp_path, "tinyshakespeare")
     assert not present and "missing input.txt" in message and "karpathy/char-rnn" in message
+    shakespeare = tmp_path / "tinyshakespeare" / "input.txt"
+    shakespeare.parent.mkdir()
+    shakespeare.write_bytes("First Citizen: caf\xe9\n".encode("latin-1"))
+    present, message = text.status(tmp_path, "tinyshakespeare")
+    assert not present and "tiny-shakespeare: damaged:" in message and "not UTF-8" in message
     with pytest.raises(ValueError, match="text corpus has to be 'ptb' or 'tinyshakespeare'"):
         text.status(tmp_path, "wikitext")
+
+
+def test_shared_corpora_are_the_published_files():
+    for name, file in (("ptb", "ptb.train.txt"), ("tinyshakespeare", "input.txt")):
+        root = require_shared(name, file).parent.parent
+        present, message = text.status(root, name)
+        assert present and "complete" in message, message
+        assert "MD5 of every file matches the published one" in message
+    corpus = load_ptb(require_shared("ptb", "ptb.train.txt").parent)
+    assert "matches the published one" in corpus.description
 
 
 def test_batchify_lays_the_stream_out_in_contiguous_columns():

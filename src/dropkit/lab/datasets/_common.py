@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, Optional, TypeVar, Union
 
 from dropkit.lab.errors import LabError
 
@@ -39,6 +39,7 @@ __all__ = [
     "verify_checksum",
     "download_file",
     "file_digest",
+    "once_per_version",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -151,6 +152,23 @@ def find_file(dirs: Iterable[Path], names: Sequence[str]) -> Optional[Path]:
             if candidate.is_file():
                 return candidate
     return None
+
+
+_T = TypeVar("_T")
+_ONCE: dict[tuple, object] = {}
+
+
+def once_per_version(kind: str, paths: Sequence[Path], check: Callable[[], _T]) -> _T:
+    """``check()``, computed once per version of ``paths`` (resolved name, size, mtime).
+
+    The status commands read whole files to tell a damaged copy from a sound one;
+    ``dropkit lab tasks`` asks for several tasks that share a data set, and a
+    file replaced in between is checked again.
+    """
+    key = (kind, *((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
+    if key not in _ONCE:
+        _ONCE[key] = check()
+    return _ONCE[key]  # type: ignore[return-value]
 
 
 def file_digest(path: Path, algorithm: str) -> str:

@@ -38,6 +38,7 @@ from dropkit.lab.datasets._common import (
     DataFormatError,
     DatasetNotFoundError,
     PathLike,
+    once_per_version,
     search_dirs,
 )
 
@@ -442,14 +443,31 @@ def load_fsdd(
 
 
 def status(data_dir: Optional[PathLike] = None) -> tuple[bool, str]:
-    """Whether FSDD recordings are found locally, with counts per official split."""
+    """Whether FSDD recordings are found locally and every one reads, with counts per split.
+
+    Each wav is read as the loader reads it (header, sample width, data length), so
+    a truncated or damaged file makes ``present`` False and the message names it.
+    """
     try:
         recordings = list_recordings(data_dir)
     except (DatasetNotFoundError, TypeError, ValueError) as exc:
         return False, str(exc).replace("\n", " ")
+    damaged = once_per_version("fsdd", [r.path for r in recordings],
+                               lambda: _first_unreadable(recordings))
+    if damaged is not None:
+        return False, f"FSDD: damaged: {damaged}"
     train, test = official_split(recordings)
     speakers = sorted({r.speaker for r in recordings})
     return True, (
         f"FSDD: {len(recordings)} recordings ({len(train)} train, {len(test)} test; "
-        f"{len(speakers)} speakers) in {recordings[0].path.parent}"
+        f"{len(speakers)} speakers; every file reads) in {recordings[0].path.parent}"
     )
+
+
+def _first_unreadable(recordings: Sequence[Recording]) -> Optional[str]:
+    for recording in recordings:
+        try:
+            read_wav(recording.path)
+        except DataFormatError as exc:
+            return str(exc)
+    return None

