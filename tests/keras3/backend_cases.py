@@ -308,3 +308,20 @@ def dropkit_torch_module(p: float, seed: int) -> torch.nn.Module:
     import dropkit
 
     return dropkit.Dropout(p, seed=seed).train()
+
+
+def test_backend_multiply_high_equals_the_portable_16_bit_products():
+    # jax and numpy take their own multiply-high; the 16-bit path serves the others
+    # (TensorFlow), so it is checked on every backend, edge values included.
+    from dropkit.keras import _philox
+
+    values = np.concatenate([
+        np.array([0, 1, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF], dtype=np.uint32),
+        np.random.default_rng(3).integers(0, 2**32, 4096, dtype=np.uint64).astype(np.uint32),
+    ])
+    for multiplier in (_philox._M0, _philox._M1):
+        wide = values.astype(np.uint64) * np.uint64(multiplier)
+        want = ((wide >> np.uint64(32)).astype(np.uint32), wide.astype(np.uint32))
+        for path in (_philox._mulhilo, _philox._mulhilo_16):
+            hi, lo = path(multiplier, _philox.u32(values))
+            assert np.array_equal(_np(hi), want[0]) and np.array_equal(_np(lo), want[1])

@@ -6,8 +6,10 @@ Philox4x32-10 (Salmon et al., 2011) with the counter layout of
 and element ``i`` reads 16-bit lane ``i % 8`` of block ``i // 8``.
 
 Only 32-bit unsigned arithmetic is used: JAX runs without 64-bit types by
-default, so the 32x32 -> 64-bit product that Philox needs is assembled from
-four 16x16-bit partial products, each exact in uint32. Seed and offset are
+default, so the 32x32 -> 64-bit product that Philox needs comes from the
+backend's own multiply-high where it has one (``jax.lax.mulhi``; NumPy's uint64)
+and is otherwise assembled from four 16x16-bit partial products, each exact in
+uint32 (tests/keras3 check every path against the torch ops). Seed and offset are
 tensors (never Python state), so the functions trace under ``jax.jit`` and
 ``tf.function`` and a traced graph does not freeze one mask.
 """
@@ -36,6 +38,37 @@ def _is_u32(value) -> bool:
 
 
 def _mulhilo(multiplier: int, value):
+    """``(hi, lo)``: the high and low 32-bit words of ``multiplier * value``."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        fast = _jax_mulhilo()
+        if fast is not None:
+            return fast(multiplier, value)
+    elif backend == "numpy":
+        import numpy as np
+
+        wide = np.asarray(value, dtype=np.uint64) * np.uint64(multiplier)
+        return (wide >> np.uint64(32)).astype(np.uint32), wide.astype(np.uint32)
+    return _mulhilo_16(multiplier, value)
+
+
+@functools.lru_cache(maxsize=1)
+def _jax_mulhilo():
+    import jax
+    import jax.numpy as jnp
+
+    mulhi = getattr(jax.lax, "mulhi", None)  # jax >= 0.6; older ones take the 16-bit path
+    if mulhi is None:
+        return None
+
+    def mulhilo(multiplier: int, value):
+        m = jnp.uint32(multiplier)
+        return mulhi(value, jnp.broadcast_to(m, value.shape)), value * m
+
+    return mulhilo
+
+
+def _mulhilo_16(multiplier: int, value):
     m_lo, m_hi = u32(multiplier & _LOW16), u32(multiplier >> 16)
     v_lo, v_hi = ops.bitwise_and(value, u32(_LOW16)), ops.right_shift(value, u32(16))
     p00 = ops.multiply(v_lo, m_lo)
