@@ -155,7 +155,7 @@ def main() -> None:
             timings = _measure(batch, dtype, steps, clock)
             base = timings["none"]
             cells = [
-                f"{timings[name] * 1e3:.2f} ({(timings[name] / base - 1) * 100:+.0f}%)"
+                f"{timings[name] * 1e3:.2f} ({(timings[name] / base - 1) * 100:+.1f}%)"
                 for name in ("torch", "dropkit")
             ]
             print(f"| {dtype_label} | {batch} | {base * 1e3:.2f} | " + " | ".join(cells) + " |")

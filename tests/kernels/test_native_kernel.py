@@ -31,11 +31,14 @@ needs_native = pytest.mark.skipif(native is None, reason="native kernel not buil
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 _INT_VIEW = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 # Sizes at the edges of a Philox block (8), an AVX2 group (64), an AVX-512
-# group (128), the parallel cut-over (65536) and a work chunk (32768).
+# group (128) and a work chunk (32768); the parallel cut-over (2**21) has its own
+# test, against the one-thread kernel rather than the slow reference.
 EDGE_SIZES = [0, 1, 7, 8, 9, 63, 64, 65, 127, 128, 129, 255, 1000, 32769, 65535, 65536, 65537]
 EDGE_SIZES += [131073]
 ISAS = ["portable", "avx2", "avx512"]
 THRESHOLDS = [0, 1, 2, 32768, 52429, 65535, 65536]
+# DK_PARALLEL_MIN in _native.c: below it one thread does a whole call.
+PARALLEL_MIN = 1 << 21
 
 
 def _isa_params() -> list:
@@ -242,9 +245,24 @@ def test_non_contiguous_inputs_follow_row_major_order(dtype):
 
 
 @needs_native
+@pytest.mark.parametrize("isa", _isa_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_parallel_cut_over_equals_one_thread(isa_restored, isa, dtype):
+    assert native.set_isa(isa) == isa
+    for numel in (PARALLEL_MIN - 1, PARALLEL_MIN, PARALLEL_MIN + 129):
+        x = _input(numel, dtype, numel)
+        one = _native_call(x, torch.empty_like(x), 3, 4, 40000, _scale(40000), 1)
+        for threads in (2, 3):
+            _assert_bit_identical(
+                _native_call(x, torch.empty_like(x), 3, 4, 40000, _scale(40000), threads), one)
+    # And the one-thread kernel is the reference, at the largest size.
+    _assert_bit_identical(one, reference.mask_scale(x, 3, 4, 40000, _scale(40000)))
+
+
+@needs_native
 def test_public_dropout_same_on_one_and_two_threads():
     previous = torch.get_num_threads()
-    x = torch.randn(300_001)
+    x = torch.randn(PARALLEL_MIN + 1)  # above the cut-over: the pool runs
     try:
         torch.set_num_threads(1)
         one = dropkit.functional.dropout(x, 0.3, seed=5, offset=9)
@@ -271,7 +289,7 @@ def test_backward_regenerates_the_forward_mask():
 @needs_native
 def test_concurrent_python_threads_get_correct_results():
     # The GIL is released; a second caller finds the pool busy and runs serially.
-    x = torch.randn(1_000_000)
+    x = torch.randn(PARALLEL_MIN + 3)
     expected = reference.mask_scale(x, 77, 1, 20000, _scale(20000))
     failures = []
 
@@ -356,13 +374,13 @@ def test_bad_arguments_are_reported():
 def test_forked_child_can_use_the_kernel():
     # libgomp hangs a child that enters OpenMP after the parent did; the
     # kernel's own pool must be rebuilt in the child instead.
-    x = torch.randn(500_000)
+    x = torch.randn(PARALLEL_MIN + 5)  # large enough for the pool
     parent = kernels.mask_scale(x, 1, 2, 30000, _scale(30000))
     script = "\n".join(
         [
             "import os, sys, torch",
             "from dropkit import kernels",
-            "x = torch.randn(500_000)",
+            f"x = torch.randn({PARALLEL_MIN + 5})",
             "kernels.mask_scale(x, 1, 2, 30000, 65536 / 30000)  # parent warms its pool",
             "pid = os.fork()",
             "if pid == 0:",

@@ -46,6 +46,7 @@
 #define DK_HAVE_PTHREADS 1
 #include <pthread.h>
 #include <signal.h>
+#include <time.h>
 #endif
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -62,13 +63,23 @@ static const size_t dk_elem_size[4] = {4, 8, 2, 2};
 #define DK_KEEP_ONE 65536u
 /* Elements per AVX2 group: 8 Philox blocks of 8 lanes. */
 #define DK_GROUP 64
-/* Below this many elements waking threads costs more than it saves (about
- * 30 microseconds of work on one core). */
-#define DK_PARALLEL_MIN ((size_t)1 << 16)
+/* Below this many elements one thread does the whole call. Alone on warm
+ * caches two threads halve a 1 MB call (45 against 61 microseconds), but inside
+ * a training step, where the tensor was just written by another op and torch's
+ * own threads have just finished a matrix product, waking the pool costs more
+ * than it saves: the MLP of benchmarks/bench_mlp.py on 2 cores lost 1-5 points
+ * of step time with the pool at 64K, 256K and 1M elements (2026-12-01, see
+ * benchmarks/RESULTS.md). MC dropout's sample batches are far larger. */
+#define DK_PARALLEL_MIN ((size_t)1 << 21)
 /* Unit of work a thread claims; a multiple of DK_GROUP. Dynamic claiming keeps
  * both cores busy when another process steals one of them for a while. */
 #define DK_CHUNK ((size_t)1 << 15)
 #define DK_MAX_THREADS 256
+/* How long the caller spins for workers still on their last chunk before it
+ * sleeps on the condition variable: about two chunks of work. A chunk ends
+ * within ~15 microseconds, and a futex sleep plus wake-up costs the caller
+ * about as much again, which on a 2-core machine showed as overhead. */
+#define DK_SPIN_NS 40000L
 
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
@@ -793,7 +804,7 @@ static void *dk_worker_main(void *raw) {
         /* wanted drops to 0 once the caller has claimed the last chunk, so a
          * worker that wakes late (its core busy elsewhere) stays out. */
         if (arg.index >= pool->wanted) continue;
-        pool->active++;
+        __atomic_add_fetch(&pool->active, 1, __ATOMIC_RELAXED);
         const dk_task *task = pool->task;
         pthread_mutex_unlock(&pool->lock);
 #if DK_HAVE_AVX2
@@ -802,7 +813,9 @@ static void *dk_worker_main(void *raw) {
 #endif
         dk_run_chunks(task, &pool->next_chunk);
         pthread_mutex_lock(&pool->lock);
-        if (--pool->active == 0) pthread_cond_signal(&pool->work_done);
+        /* Atomic: the caller may read it without the lock while it spins. */
+        if (__atomic_sub_fetch(&pool->active, 1, __ATOMIC_RELEASE) == 0)
+            pthread_cond_signal(&pool->work_done);
     }
     return NULL;
 }
@@ -843,6 +856,23 @@ static dk_pool *dk_get_pool(void) {
     dk_pool *pool = dk_the_pool;
     pthread_mutex_unlock(&dk_pool_init_lock);
     return pool;
+}
+
+/* Spin (bounded by DK_SPIN_NS) while workers that joined the call still run. */
+static void dk_spin_until_idle(dk_pool *pool) {
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (unsigned spins = 1;; spins++) {
+        if (__atomic_load_n(&pool->active, __ATOMIC_ACQUIRE) == 0) return;
+#if DK_HAVE_AVX2
+        _mm_pause();
+#endif
+        if (spins % 64 == 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long elapsed = (now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec);
+            if (elapsed > DK_SPIN_NS) return;
+        }
+    }
 }
 
 /* Start workers up to `count`; returns how many are running. Called with
@@ -912,7 +942,7 @@ static void dk_execute(const dk_job *job, const uint64_t *seeds, size_t n_seeds,
             pool->task = &task;
             pool->next_chunk = 0;
             pool->wanted = workers;
-            pool->active = 0;
+            __atomic_store_n(&pool->active, 0, __ATOMIC_RELAXED);
             pool->generation++;
             pthread_cond_broadcast(&pool->work_ready);
             pthread_mutex_unlock(&pool->lock);
@@ -921,8 +951,14 @@ static void dk_execute(const dk_job *job, const uint64_t *seeds, size_t n_seeds,
              * for one that has not been scheduled yet. */
             pthread_mutex_lock(&pool->lock);
             pool->wanted = 0;
-            while (pool->active > 0) pthread_cond_wait(&pool->work_done, &pool->lock);
+            int busy = pool->active;
             pthread_mutex_unlock(&pool->lock);
+            if (busy) {
+                dk_spin_until_idle(pool);
+                pthread_mutex_lock(&pool->lock);
+                while (pool->active > 0) pthread_cond_wait(&pool->work_done, &pool->lock);
+                pthread_mutex_unlock(&pool->lock);
+            }
             pthread_mutex_unlock(&pool->call_lock);
             return;
         }
