@@ -17,6 +17,11 @@ of one dropout forward and forward+backward on a tiny tensor (dispatch cost,
 not kernel), dropkit next to torch: where the overhead that is not the
 kernel goes.
 
+``--breakdown`` splits dropkit's overhead at batch 256 (fp32, 2 threads) inside the
+training step: the kernel's own time per call, the time from the module's forward to
+the kernel (Python and dispatch), and how much slower a fixed piece of Python runs
+right after a Linear+ReLU than on warm caches.
+
 Run: ``python benchmarks/bench_mlp.py`` (``--quick`` for a smoke run). To see
 whether torch's OpenMP workers spinning after a parallel region slow the
 kernel's own threads, compare with ``OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_mlp.py``.
@@ -116,6 +121,89 @@ def _profile(steps: int) -> None:
         print(f"{label} per call on 8x8: dropkit {ours:.1f} us, torch {theirs:.1f} us (CPU time)")
 
 
+def _breakdown(steps: int) -> None:
+    native = kernels._native
+    if native is None:
+        print("the native kernel is not built: nothing to break down")
+        return
+    marks: list[tuple[str, float]] = []
+
+    class _Timed:
+        """The native module, with a timestamp before and after each kernel call."""
+
+        def __getattr__(self, name):
+            return getattr(native, name)
+
+        def mask_scale(self, *args):
+            marks.append(("kernel start", time.perf_counter()))
+            native.mask_scale(*args)
+            marks.append(("kernel end", time.perf_counter()))
+
+    def entered(module: nn.Module) -> nn.Module:
+        forward = module.forward
+
+        def timed(x):
+            marks.append(("forward start", time.perf_counter()))
+            out = forward(x)
+            marks.append(("forward end", time.perf_counter()))
+            return out
+
+        module.forward = timed
+        return module
+
+    generator = torch.Generator().manual_seed(256)
+    inputs = torch.randn(256, 784, generator=generator)
+    targets = torch.randint(0, 10, (256,), generator=generator)
+    model = _mlp(lambda: entered(dropkit.Dropout(0.5))).train()
+    step, plain = _step_fn(model, inputs, targets), _step_fn(_mlp(None).train(), inputs, targets)
+    kernels._native = _Timed()
+    try:
+        for _ in range(3):
+            step()
+            plain()
+        marks.clear()
+        with_dropout, without = [], []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            with_dropout.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            plain()
+            without.append(time.perf_counter() - start)
+    finally:
+        kernels._native = native
+    gaps: dict[str, list[float]] = {}
+    for (first, t0), (second, t1) in zip(marks, marks[1:], strict=False):
+        gaps.setdefault(f"{first} -> {second}", []).append(t1 - t0)
+    base, ours = statistics.median(without), statistics.median(with_dropout)
+    print(f"step: no dropout {base * 1e3:.2f} ms, dropkit {ours * 1e3:.2f} ms "
+          f"({(ours / base - 1) * 100:+.1f}%, {(ours - base) * 1e6:.0f} us per step)")
+    for label in ("forward start -> kernel start", "kernel start -> kernel end",
+                  "kernel end -> forward end", "kernel end -> kernel start"):
+        values = gaps.get(label, [])
+        if values:
+            print(f"  {label:32s} median {statistics.median(values) * 1e6:7.1f} us "
+                  f"({len(values)} intervals)")
+    print("  (kernel end -> kernel start spans a forward's end to the next backward's kernel)")
+
+    x, layer = torch.randn(256, 1024, requires_grad=True), nn.Linear(1024, 1024)
+
+    def python_us(before) -> float:
+        times = []
+        for _ in range(300):
+            before()
+            start = time.perf_counter()
+            total = 0
+            for i in range(200):
+                total += i * 2
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e6
+
+    warm, cold = python_us(lambda: None), python_us(lambda: torch.relu(layer(x)))
+    print(f"a 200-step Python loop: {warm:.1f} us on warm caches, {cold:.1f} us right after a "
+          f"Linear(1024, 1024)+ReLU at batch 256 ({cold / warm:.1f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
@@ -126,7 +214,16 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="profiler table and per-call dispatch cost"
     )
+    parser.add_argument(
+        "--breakdown", action="store_true",
+        help="where dropkit's overhead goes inside the step (kernel, dispatch, cold caches)",
+    )
     args = parser.parse_args()
+    if args.breakdown:
+        print(f"date {date.today()} | load average {loadavg()} | {torch.get_num_threads()} "
+              f"torch threads | dropkit backend {kernels.backend_name(torch.empty(0))}")
+        _breakdown(10 if args.quick else max(args.steps, 60))
+        return
     if args.profile:
         print(f"load average {loadavg()} | {torch.get_num_threads()} torch threads")
         _profile(5 if args.quick else args.steps)

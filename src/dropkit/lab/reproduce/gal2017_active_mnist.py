@@ -304,11 +304,10 @@ def run_active_learning(
     Returns:
         :class:`ActiveLearningResult`: printable as a table, plottable.
 
-    Budget: the defaults (4 functions, 2 seeds, 30 rounds, 50 epochs) are sized for
-    about 30 minutes on 2 quiet CPU cores, an estimate from per-step costs that has
-    not been timed on a quiet machine. On the shared development machine (load ~13
-    on 2 cores, 2026-12-01) one function-round took ~15 s of CPU time and ~90 s of
-    wall time early on. Training cost grows with ``rounds**2`` (the labelled set
+    Budget: the defaults (4 functions, 2 seeds, 30 rounds, 50 epochs) take about 20
+    minutes on 2 quiet CPU cores: one seed of the four functions took 7.5-10 min there
+    (2026-12-01, ``--threads 2``) and 21 min with test suites sharing the cores.
+    Training cost grows with ``rounds**2`` (the labelled set
     grows every round); scoring and testing grow with ``pool_subset``,
     ``test_subset`` and ``mc_samples``.
     """
@@ -543,8 +542,8 @@ def _build_protocol():
         # Three seeds: a verdict needs 3 paired seeds, so fewer would only print numbers.
         default_seeds=(0, 1, 2),
         budget_unit="acquisition rounds of 10 images",
-        budget_note="30 rounds x 4 functions x 3 seeds; not timed on a quiet machine (one "
-        "function-round took 40-100 s at load 13 here)",
+        budget_note="30 rounds x 4 functions x 3 seeds: 39 min on 2 CPU cores shared with "
+        "other jobs (2026-12-01), 7.5-10 min per seed when quieter",
         check_data=_check_data,
         run=_protocol_run,
     )
