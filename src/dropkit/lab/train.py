@@ -260,7 +260,10 @@ def train_loop(
     for epoch in range(first_epoch, config.epochs + 1):
         start, cpu_start = time.perf_counter(), time.process_time()
         forward.train()
-        fit_loss, batches = 0.0, 0
+        # Summed on the device in float64: no host sync per step (a GPU's queue stays
+        # full), and the same sums as Python floats would give.
+        fit_loss = torch.zeros((), dtype=torch.float64, device=device)
+        batches = 0
         for batch in torch.randperm(len(x), generator=shuffle).split(config.batch_size):
             # The global minibatch is a single process's; rank r trains on slice r of
             # it. A minibatch smaller than the world is skipped by every rank alike.
@@ -280,11 +283,11 @@ def train_loop(
             if task.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), task.clip_grad_norm)
             optimizer.step()
-            fit_loss, batches = fit_loss + loss.item() * weight, batches + 1
+            fit_loss += loss.detach().double() * weight
+            batches += 1
         if ddp:
-            summed = torch.tensor(fit_loss, dtype=torch.float64, device=device)
-            dist.all_reduce(summed)
-            fit_loss = summed.item()
+            dist.all_reduce(fit_loss)
+        fit_value = fit_loss.item() / max(batches, 1)  # waits for the device: then time
         # CPU time is what the run itself consumed; wall time also counts waiting for a
         # core that other jobs hold, so only CPU time can say whether dropout is slower.
         epoch_time = time.perf_counter() - start
@@ -294,7 +297,7 @@ def train_loop(
         if rank != 0:
             continue
         metrics = epoch_metrics(
-            model, task, data, x, y, fit_loss / max(batches, 1), epoch_time, epoch_cpu_time
+            model, task, data, x, y, fit_value, epoch_time, epoch_cpu_time
         )
         key = selection_key(task, metrics)
         # Strictly better only: ties keep the earlier epoch, as select_epoch does.
