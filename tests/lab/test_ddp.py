@@ -205,3 +205,39 @@ def test_ddp_clips_gradients_like_a_plain_run(tmp_path):
     assert facts["world_size"] == 1
     for name, tensor in parallel.state_dict().items():
         torch.testing.assert_close(tensor, plain[name], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("code, status", [(None, 0), (0, 0), (2, 2), ("bad input", 1)])
+def test_a_data_parallel_rank_leaves_through_exit_rank_with_the_command_status(
+        monkeypatch, capsys, code, status):
+    # A torchrun rank that trained must not reach interpreter finalization (gloo's
+    # threads abort it there); the CLI hands the command's exit status to exit_rank.
+    from dropkit.lab import cli, ddp
+
+    left = []
+    monkeypatch.setattr(ddp, "trained_data_parallel", lambda: True)
+    monkeypatch.setattr(ddp, "exit_rank", left.append)
+
+    def command(**_):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "app", command)
+    with pytest.raises(SystemExit):  # the real exit_rank never returns; the stand-in does
+        cli.main()
+    assert left == [status]
+    if isinstance(code, str):
+        assert code in capsys.readouterr().err
+
+
+def test_other_processes_exit_normally(monkeypatch):
+    from dropkit.lab import cli, ddp
+
+    monkeypatch.setattr(ddp, "exit_rank", lambda code: pytest.fail("exit_rank was called"))
+
+    def command(**_):
+        raise SystemExit(3)
+
+    monkeypatch.setattr(cli, "app", command)
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 3 and not ddp.trained_data_parallel()
