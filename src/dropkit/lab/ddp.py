@@ -172,8 +172,11 @@ def exit_rank(code: int = 0) -> NoReturn:
     ``take_gil``. pytorch/pytorch#179291 describes the same race. Everything this
     process owes is written before: the store is closed and the streams are flushed.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream must not keep us alive
+            pass
     os._exit(code)
 
 
