@@ -112,6 +112,9 @@ def test_protocol_records_every_run_and_reprints_from_the_store(tmp_path, monkey
         f"{f}/seed=0" for f in ("bald", "variation_ratios", "max_entropy", "random"))
     assert all(r.status == "finished" for r in runs)
     assert first.markdown() == again.markdown()
+    # The curves are drawn beside the store and named in the result.
+    figure = tmp_path / "s-artefacts" / f"reproduce-{experiment.id}-gal2017-active-mnist-curves.png"
+    assert figure.stat().st_size > 1000 and str(figure) in first.markdown()
     # one seed: every verdict says it needs 3
     assert all("not measured" in c.verdict for c in first.comparisons)
 
