@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 import dropkit
 from dropkit import kernels
 from dropkit.kernels import reference
+from tests.kernels.bitwise import assert_bit_identical, bits
 
 native = kernels.native_module()
 needs_native = pytest.mark.skipif(native is None, reason="native kernel not built/disabled")
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-_INT_VIEW = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 # Sizes at the edges of a Philox block (8), an AVX2 group (64), an AVX-512
 # group (128) and a work chunk (32768); the parallel cut-over (2**21) has its own
 # test, against the one-thread kernel rather than the slow reference.
@@ -54,26 +54,6 @@ def _isa_params() -> list:
         skip = pytest.mark.skipif(bool(reason), reason=reason)
         params.append(pytest.param(isa, id=isa, marks=skip))
     return params
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view(_INT_VIEW[t.element_size()])
-
-
-def _assert_bit_identical(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    # NaN payloads are the one exception: torch's own float32 -> bfloat16/half
-    # casts return different NaN bit patterns in their vectorised and scalar
-    # loops, so the reference is not self-consistent there. A NaN must stay NaN.
-    both_nan = torch.isnan(actual) & torch.isnan(expected)
-    differ = (_bits(actual) != _bits(expected)) & ~both_nan
-    if differ.any():
-        index = int(differ.nonzero()[0, 0])
-        raise AssertionError(
-            f"{int(differ.sum())} of {actual.numel()} elements differ; first at {index}: "
-            f"native {actual.reshape(-1)[index].item()!r} vs reference "
-            f"{expected.reshape(-1)[index].item()!r}"
-        )
 
 
 def _input(numel: int, dtype: torch.dtype, data_seed: int) -> torch.Tensor:
@@ -155,10 +135,10 @@ def test_bit_identical_to_reference(
     assert native.set_isa(isa) == isa
     for threads in (1, 2):
         out = _native_call(x, torch.empty_like(x), seed, offset, threshold, scale, threads)
-        _assert_bit_identical(out, expected)
+        assert_bit_identical(out, expected)
     inplace = x.clone()
     _native_call(inplace, inplace, seed, offset, threshold, scale, 2)
-    _assert_bit_identical(inplace, expected)
+    assert_bit_identical(inplace, expected)
 
 
 @needs_native
@@ -177,7 +157,7 @@ def test_tails_never_touch_memory_past_the_end(isa_restored, isa, dtype):
         buffer = torch.full((numel + 2 * pad,), 7.0, dtype=dtype)
         out = buffer[pad : pad + numel]
         _native_call(x, out, 9, 10, 30000, _scale(30000), 1)
-        _assert_bit_identical(out, expected)
+        assert_bit_identical(out, expected)
         assert torch.all(buffer[:pad] == 7.0) and torch.all(buffer[pad + numel :] == 7.0), numel
 
 
@@ -204,7 +184,7 @@ def test_multi_chunk_tensor_with_extreme_seed_and_offset(isa_restored, isa, dtyp
     expected = reference.mask_scale(x, seed, offset, threshold, _scale(threshold))
     native.set_isa(isa)
     out = _native_call(x, torch.empty_like(x), seed, offset, threshold, _scale(threshold), 2)
-    _assert_bit_identical(out, expected)
+    assert_bit_identical(out, expected)
 
 
 @needs_native
@@ -212,7 +192,7 @@ def test_dispatch_uses_native_on_cpu_and_matches_reference():
     assert kernels.backend_name(torch.empty(3)).startswith("native-")
     assert kernels.backend_name(torch.empty(3, dtype=torch.int32)) == "reference"
     x = torch.randn(4, 5, 6)
-    _assert_bit_identical(
+    assert_bit_identical(
         kernels.mask_scale(x, 3, 4, 30000, _scale(30000)),
         reference.mask_scale(x, 3, 4, 30000, _scale(30000)),
     )
@@ -230,7 +210,7 @@ def test_non_contiguous_inputs_follow_row_major_order(dtype):
     for name, view in views.items():
         assert not view.is_contiguous(), name
         expected = reference.mask_scale(view.contiguous(), 11, 12, 40000, _scale(40000))
-        _assert_bit_identical(kernels.mask_scale(view, 11, 12, 40000, _scale(40000)), expected)
+        assert_bit_identical(kernels.mask_scale(view, 11, 12, 40000, _scale(40000)), expected)
         target = view.clone(memory_format=torch.preserve_format)
         if name == "channels_last":
             assert not target.is_contiguous()
@@ -241,7 +221,7 @@ def test_non_contiguous_inputs_follow_row_major_order(dtype):
                 else base.clone()[:, :, ::3, 1:]
             )
         kernels.mask_scale_(target, 11, 12, 40000, _scale(40000))
-        _assert_bit_identical(target.contiguous(), expected)
+        assert_bit_identical(target.contiguous(), expected)
 
 
 @needs_native
@@ -253,10 +233,10 @@ def test_parallel_cut_over_equals_one_thread(isa_restored, isa, dtype):
         x = _input(numel, dtype, numel)
         one = _native_call(x, torch.empty_like(x), 3, 4, 40000, _scale(40000), 1)
         for threads in (2, 3):
-            _assert_bit_identical(
+            assert_bit_identical(
                 _native_call(x, torch.empty_like(x), 3, 4, 40000, _scale(40000), threads), one)
     # And the one-thread kernel is the reference, at the largest size.
-    _assert_bit_identical(one, reference.mask_scale(x, 3, 4, 40000, _scale(40000)))
+    assert_bit_identical(one, reference.mask_scale(x, 3, 4, 40000, _scale(40000)))
 
 
 @needs_native
@@ -270,7 +250,7 @@ def test_public_dropout_same_on_one_and_two_threads():
         two = dropkit.functional.dropout(x, 0.3, seed=5, offset=9)
     finally:
         torch.set_num_threads(previous)
-    assert torch.equal(_bits(one), _bits(two))
+    assert torch.equal(bits(one), bits(two))
 
 
 @needs_native
@@ -296,7 +276,7 @@ def test_concurrent_python_threads_get_correct_results():
     def work():
         for _ in range(5):
             out = kernels.mask_scale(x, 77, 1, 20000, _scale(20000))
-            if not torch.equal(_bits(out), _bits(expected)):
+            if not torch.equal(bits(out), bits(expected)):
                 failures.append(1)
 
     threads = [threading.Thread(target=work) for _ in range(3)]
@@ -330,7 +310,7 @@ def test_streams_call_equals_one_call_per_stream(
     expected = reference.mask_scale_streams(x, seeds, offsets, threshold, scale)
     for t, seed in enumerate(seeds):
         for r, offset in enumerate(offsets):
-            _assert_bit_identical(
+            assert_bit_identical(
                 expected[t, r], reference.mask_scale(x[t, r], seed, offset, threshold, scale)
             )
     assert native.set_isa(isa) == isa
@@ -341,7 +321,7 @@ def test_streams_call_equals_one_call_per_stream(
             actual = kernels.mask_scale_streams(x, seeds, offsets, threshold, scale)
         finally:
             torch.set_num_threads(before)
-        _assert_bit_identical(actual, expected)
+        assert_bit_identical(actual, expected)
 
 
 def test_streams_call_checks_the_shape():

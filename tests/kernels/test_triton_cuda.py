@@ -21,9 +21,9 @@ from dropkit import _ops, kernels  # noqa: E402
 from dropkit import functional as F  # noqa: E402
 from dropkit.kernels import reference  # noqa: E402
 from dropkit.random import keep_mask, keep_scale, philox4x32  # noqa: E402
+from tests.kernels.bitwise import assert_bit_identical  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-_INT_VIEW = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 KEYS = [(0, 0, 32768), (2**64 - 1, 2**63 + 11, 40000), (2**31, 5, 1), (77, 2**40, 65535)]
 
 
@@ -34,18 +34,6 @@ def kt():
 
     assert not module.INTERPRETED, "TRITON_INTERPRET is set: these tests need compiled kernels"
     return module
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view(_INT_VIEW[t.element_size()])
-
-
-def _assert_bit_identical(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    actual, expected = actual.cpu(), expected.cpu()
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    both_nan = torch.isnan(actual) & torch.isnan(expected)
-    differ = (_bits(actual) != _bits(expected)) & ~both_nan
-    assert not differ.any(), f"{int(differ.sum())} of {actual.numel()} elements differ"
 
 
 def _input(numel: int, dtype: torch.dtype, data_seed: int = 0) -> torch.Tensor:
@@ -72,12 +60,12 @@ def test_gpu_mask_equals_the_cpu_reference(kt, dtype, seed, offset, threshold):
     x = _input((1 << 20) + 13, dtype)
     expected = reference.mask_scale(x, seed, offset, threshold, _scale(threshold))
     on_gpu = x.cuda()
-    _assert_bit_identical(kt.mask_scale(on_gpu, seed, offset, threshold, _scale(threshold)),
+    assert_bit_identical(kt.mask_scale(on_gpu, seed, offset, threshold, _scale(threshold)),
                           expected)
     kt.mask_scale_(on_gpu, seed, offset, threshold, _scale(threshold))
-    _assert_bit_identical(on_gpu, expected)
+    assert_bit_identical(on_gpu, expected)
     state = _ops.make_state(seed, offset, "cuda")
-    _assert_bit_identical(
+    assert_bit_identical(
         kt.mask_scale_state(x.cuda(), state, threshold, _scale(threshold)), expected
     )
 
@@ -86,9 +74,9 @@ def test_gpu_mask_equals_the_cpu_reference(kt, dtype, seed, offset, threshold):
 def test_reference_on_cuda_equals_the_reference_on_cpu(dtype):
     x = _input(100_003, dtype)
     expected = reference.mask_scale(x, 3, 4, 30000, _scale(30000))
-    _assert_bit_identical(reference.mask_scale(x.cuda(), 3, 4, 30000, _scale(30000)), expected)
+    assert_bit_identical(reference.mask_scale(x.cuda(), 3, 4, 30000, _scale(30000)), expected)
     state = _ops.make_state(3, 4, "cuda")
-    _assert_bit_identical(
+    assert_bit_identical(
         reference.mask_scale_state(x.cuda(), state, 30000, _scale(30000)), expected
     )
 
@@ -99,13 +87,13 @@ def test_bf16_hardware_and_integer_rounding_agree(kt, monkeypatch):
     x = x.to(torch.bfloat16).cuda()
     hardware = kt.mask_scale(x, 5, 6, 40000, _scale(40000))
     monkeypatch.setattr(kt, "BF16_INTEGER_ROUNDING", True)
-    _assert_bit_identical(kt.mask_scale(x, 5, 6, 40000, _scale(40000)), hardware)
+    assert_bit_identical(kt.mask_scale(x, 5, 6, 40000, _scale(40000)), hardware)
 
 
 def test_streams_on_gpu_equal_the_cpu_reference(kt):
     x = _input(4 * 3 * 1000, torch.bfloat16).view(4, 3, 1000)
     seeds, offsets = [1, 2**64 - 1, 2**33, 9], [0, 2**63, 5]
-    _assert_bit_identical(
+    assert_bit_identical(
         kt.mask_scale_streams(x.cuda(), seeds, offsets, 30000, _scale(30000)),
         reference.mask_scale_streams(x, seeds, offsets, 30000, _scale(30000)),
     )
@@ -121,7 +109,7 @@ def test_block_counter_carry_on_gpu(kt):
                            torch.full_like(blocks, 2)), -1)
     words = philox4x32(counter, torch.tensor([11, 0]))
     lanes = torch.stack((words & 0xFFFF, words >> 16), -1).reshape(-1)
-    _assert_bit_identical(out, reference._apply(x, lanes < 40000, _scale(40000)))
+    assert_bit_identical(out, reference._apply(x, lanes < 40000, _scale(40000)))
 
 
 def test_indices_past_2_to_the_31(kt):
@@ -137,7 +125,7 @@ def test_indices_past_2_to_the_31(kt):
     words = philox4x32(counter, torch.tensor([8, 0]))
     lanes = torch.stack((words & 0xFFFF, words >> 16), -1).reshape(-1)
     expected = reference._apply(torch.ones(tail, dtype=torch.float16), lanes < 32768, 2.0)
-    _assert_bit_identical(out[-tail:], expected)
+    assert_bit_identical(out[-tail:], expected)
     del x, out
 
 
@@ -149,7 +137,7 @@ def test_compiled_dropout_is_one_graph_without_host_syncs(kt):
     seeded = torch.compile(lambda t: F.dropout(t, 0.5, seed=3) * 2, fullgraph=True)
     unseeded = torch.compile(lambda t: F.dropout(t, 0.5) * 2, fullgraph=True)
     expected = F.dropout(x, 0.5, seed=3) * 2
-    _assert_bit_identical(seeded(x), expected)
+    assert_bit_identical(seeded(x), expected)
     unseeded(x)  # compile outside the sync check
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -158,11 +146,11 @@ def test_compiled_dropout_is_one_graph_without_host_syncs(kt):
         z = seeded(x)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    _assert_bit_identical(z, expected)
+    assert_bit_identical(z, expected)
     kept = y != 0
     assert torch.equal(y[kept], (x * 4)[kept])  # survivors x * 2 (scale) * 2
     (grad,) = torch.autograd.grad(z.sum(), x)
-    _assert_bit_identical(grad, (expected != 0).float() * 4)
+    assert_bit_identical(grad, (expected != 0).float() * 4)
 
 
 def test_compiled_fused_op_matches_eager(kt):
@@ -172,7 +160,7 @@ def test_compiled_fused_op_matches_eager(kt):
         lambda a, b, c: F.bias_dropout_add(a, b, c, 0.1, activation="relu", seed=5),
         fullgraph=True,
     )
-    _assert_bit_identical(
+    assert_bit_identical(
         compiled(x, bias, residual),
         F.bias_dropout_add(x, bias, residual, 0.1, activation="relu", seed=5),
     )
@@ -216,7 +204,7 @@ def test_seeded_dropout_in_a_cuda_graph_replays_its_mask(kt):
     graph, out = _capture(lambda: F.dropout(x, 0.5, seed=12))
     graph.replay()
     torch.cuda.synchronize()
-    _assert_bit_identical(out, F.dropout(x, 0.5, seed=12))
+    assert_bit_identical(out, F.dropout(x, 0.5, seed=12))
 
 
 def test_unseeded_fused_op_in_a_cuda_graph_draws_a_fresh_mask(kt):
@@ -265,8 +253,8 @@ def test_fused_float32_on_gpu_is_bit_identical_to_the_chain_and_the_cpu(kt, acti
                               x, bias, residual)
     on_cpu = _unfused(x.cpu(), bias.cpu(), residual.cpu(), 0.1, activation, 4)
     for a, b in zip(fused[:2], chain[:2], strict=True):
-        _assert_bit_identical(a, b)
-    _assert_bit_identical(fused[0], on_cpu)
+        assert_bit_identical(a, b)
+    assert_bit_identical(fused[0], on_cpu)
     torch.testing.assert_close(fused[2], chain[2])  # bias grad: reductions may differ in order
 
 
@@ -277,7 +265,7 @@ def test_fused_gelu_and_low_precision_drop_the_same_positions(kt, dtype):
     fused = F.bias_dropout_add(x, bias, residual, 0.3, activation="gelu", seed=8)
     chain = _unfused(x, bias, residual, 0.3, "gelu", 8)
     dropped = ~keep_mask(x.shape, keep_scale(0.3)[0], 8, 0, "cuda")
-    _assert_bit_identical(fused[dropped], residual[dropped])
+    assert_bit_identical(fused[dropped], residual[dropped])
     tolerance = {torch.float32: 1e-6, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
     torch.testing.assert_close(fused.float(), chain.float(), rtol=tolerance, atol=4 * tolerance)
 

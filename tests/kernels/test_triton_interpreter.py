@@ -34,10 +34,10 @@ from dropkit import functional as F  # noqa: E402
 from dropkit.functional import fused as _fused  # noqa: E402
 from dropkit.kernels import reference  # noqa: E402
 from dropkit.random import keep_mask, keep_scale, philox4x32  # noqa: E402
+from tests.kernels.bitwise import assert_bit_identical  # noqa: E402
 
 _KERNEL_FILE = Path(kernels.__file__).with_name("triton.py")
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-_INT_VIEW = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 U64 = 1 << 64
 
 
@@ -77,24 +77,6 @@ def served_by_interpreter(monkeypatch):
     monkeypatch.setattr(
         kernels, "triton_backend", lambda x: kt if x.dtype in kt.DTYPES else None
     )
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view(_INT_VIEW[t.element_size()])
-
-
-def _assert_bit_identical(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    # A kept NaN must stay NaN; its payload is not part of the contract (docs/kernel.md).
-    both_nan = torch.isnan(actual) & torch.isnan(expected)
-    differ = (_bits(actual) != _bits(expected)) & ~both_nan
-    if differ.any():
-        index = int(differ.nonzero()[0, 0]) if differ.dim() == 1 else int(differ.sum())
-        raise AssertionError(
-            f"{int(differ.sum())} of {actual.numel()} elements differ (first flat index "
-            f"{index}): triton {actual.reshape(-1)[differ.reshape(-1)][:3].tolist()} vs "
-            f"reference {expected.reshape(-1)[differ.reshape(-1)][:3].tolist()}"
-        )
 
 
 _EDGE = [
@@ -178,10 +160,10 @@ _KEYS = [
 def test_mask_scale_matches_reference(dtype, seed, offset, threshold):
     x = _input(1001, dtype)
     expected = reference.mask_scale(x, seed, offset, threshold, _scale(threshold))
-    _assert_bit_identical(kt.mask_scale(x, seed, offset, threshold, _scale(threshold)), expected)
+    assert_bit_identical(kt.mask_scale(x, seed, offset, threshold, _scale(threshold)), expected)
     inplace = x.clone()
     assert kt.mask_scale_(inplace, seed, offset, threshold, _scale(threshold)) is inplace
-    _assert_bit_identical(inplace, expected)
+    assert_bit_identical(inplace, expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -191,13 +173,13 @@ def test_sizes_across_many_small_blocks(dtype, numel):
     x = _input(numel, dtype, numel)
     out = torch.full_like(x, 5.0)
     kt._launch_mask(x, out, 30000, _scale(30000), seed=99, offset=2**63 + 1, block=128)
-    _assert_bit_identical(out, reference.mask_scale(x, 99, 2**63 + 1, 30000, _scale(30000)))
+    assert_bit_identical(out, reference.mask_scale(x, 99, 2**63 + 1, 30000, _scale(30000)))
 
 
 def test_one_program_boundary_at_the_default_block():
     # 65,537 elements: two programs of the interpreter's 65,536-element block.
     x = _input(65537, torch.float32)
-    _assert_bit_identical(
+    assert_bit_identical(
         kt.mask_scale(x, 5, 6, 32768, 2.0), reference.mask_scale(x, 5, 6, 32768, 2.0)
     )
 
@@ -212,12 +194,12 @@ def test_block_counter_carries_into_its_high_word(first_block):
         block_base=first_block, block=64,
     )
     lanes = _lanes_of_blocks(first_block, x.numel(), 11, 2**33)
-    _assert_bit_identical(out, reference._apply(x, lanes < 40000, _scale(40000)))
+    assert_bit_identical(out, reference._apply(x, lanes < 40000, _scale(40000)))
     from_state = kt._launch_mask(
         x, torch.empty_like(x), 40000, _scale(40000), state=_ops.make_state(11, 2**33),
         block_base=first_block, block=64,
     )
-    _assert_bit_identical(from_state, out)
+    assert_bit_identical(from_state, out)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -226,10 +208,10 @@ def test_state_tensor_variant_matches_scalars(dtype):
     for seed, offset, threshold in _KEYS[:4]:
         state = _ops.make_state(seed, offset)
         expected = reference.mask_scale(x, seed, offset, threshold, _scale(threshold))
-        _assert_bit_identical(kt.mask_scale_state(x, state, threshold, _scale(threshold)), expected)
+        assert_bit_identical(kt.mask_scale_state(x, state, threshold, _scale(threshold)), expected)
         inplace = x.clone()
         kt.mask_scale_state_(inplace, state, threshold, _scale(threshold))
-        _assert_bit_identical(inplace, expected)
+        assert_bit_identical(inplace, expected)
 
 
 def test_state_tensor_must_be_int64_pair_on_the_device():
@@ -240,17 +222,17 @@ def test_state_tensor_must_be_int64_pair_on_the_device():
 def test_non_contiguous_input_uses_row_major_order():
     x = _input(24 * 40, torch.float32).view(24, 40).t()
     expected = reference.mask_scale(x.contiguous(), 3, 4, 20000, _scale(20000))
-    _assert_bit_identical(kt.mask_scale(x, 3, 4, 20000, _scale(20000)), expected)
+    assert_bit_identical(kt.mask_scale(x, 3, 4, 20000, _scale(20000)), expected)
     view = x.clone().t().contiguous().t()  # same strides as x, its own storage
     kt.mask_scale_(view, 3, 4, 20000, _scale(20000))
-    _assert_bit_identical(view.contiguous(), expected)
+    assert_bit_identical(view.contiguous(), expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_streams_match_reference(dtype):
     x = _input(3 * 2 * 5 * 37, dtype).view(3, 2, 5, 37)
     seeds, offsets = [1, 2**64 - 1, 2**33], [0, 2**63]
-    _assert_bit_identical(
+    assert_bit_identical(
         kt.mask_scale_streams(x, seeds, offsets, 30000, _scale(30000)),
         reference.mask_scale_streams(x, seeds, offsets, 30000, _scale(30000)),
     )
@@ -261,7 +243,7 @@ def test_streams_longer_than_the_grid_fall_back_to_one_launch_each(monkeypatch):
     monkeypatch.setattr(kt, "_MAX_GRID_Y", 1)
     x = _input(2 * 3 * 300, torch.float16).view(2, 3, 300)
     seeds, offsets = [4, 2**64 - 2], [1, 2, 2**40]
-    _assert_bit_identical(
+    assert_bit_identical(
         kt.mask_scale_streams(x, seeds, offsets, 50000, _scale(50000)),
         reference.mask_scale_streams(x, seeds, offsets, 50000, _scale(50000)),
     )
@@ -283,7 +265,7 @@ def test_random_shapes_keys_and_dtypes_match_reference(
     shape, dtype, seed, offset, threshold, data_seed
 ):
     x = _input(int(torch.Size(shape).numel()), dtype, data_seed).view(shape)
-    _assert_bit_identical(
+    assert_bit_identical(
         kt.mask_scale(x, seed, offset, threshold, _scale(threshold)),
         reference.mask_scale(x, seed, offset, threshold, _scale(threshold)),
     )
@@ -294,7 +276,7 @@ def test_random_shapes_keys_and_dtypes_match_reference(
        numel=st.integers(1, 300), threshold=st.integers(0, 65536))
 def test_random_streams_match_reference(seeds, offsets, numel, threshold):
     x = _input(len(seeds) * len(offsets) * numel, torch.float32).view(len(seeds), len(offsets), -1)
-    _assert_bit_identical(
+    assert_bit_identical(
         kt.mask_scale_streams(x, seeds, offsets, threshold, _scale(threshold)),
         reference.mask_scale_streams(x, seeds, offsets, threshold, _scale(threshold)),
     )
@@ -308,11 +290,11 @@ def test_dropout_forward_and_backward_through_the_triton_backend(served_by_inter
     x = _input(3000, dtype).view(30, 100).requires_grad_()
     y = F.dropout(x, 0.3, seed=2**64 - 7, offset=9)
     threshold, _, scale = keep_scale(0.3)
-    _assert_bit_identical(y, reference.mask_scale(x.detach(), 2**64 - 7, 9, threshold, scale))
+    assert_bit_identical(y, reference.mask_scale(x.detach(), 2**64 - 7, 9, threshold, scale))
     grad = _input(3000, dtype, 1).view(30, 100)
     (dx,) = torch.autograd.grad(y, x, grad)
     # Backward regenerates the same mask on the gradient.
-    _assert_bit_identical(dx, reference.mask_scale(grad, 2**64 - 7, 9, threshold, scale))
+    assert_bit_identical(dx, reference.mask_scale(grad, 2**64 - 7, 9, threshold, scale))
 
 
 def test_backend_name_reports_triton_for_served_tensors(served_by_interpreter):
@@ -329,10 +311,10 @@ def test_state_ops_forward_and_backward_read_the_state_on_the_device(served_by_i
     x = _input(2000, torch.float32).requires_grad_()
     state = _ops.make_state(2**63 + 5, 77)
     y = op(x, state, 20000, _scale(20000))
-    _assert_bit_identical(y, reference.mask_scale(x.detach(), 2**63 + 5, 77, 20000, _scale(20000)))
+    assert_bit_identical(y, reference.mask_scale(x.detach(), 2**63 + 5, 77, 20000, _scale(20000)))
     grad = torch.randn(2000)
     (dx,) = torch.autograd.grad(y, x, grad)
-    _assert_bit_identical(dx, reference.mask_scale(grad, 2**63 + 5, 77, 20000, _scale(20000)))
+    assert_bit_identical(dx, reference.mask_scale(grad, 2**63 + 5, 77, 20000, _scale(20000)))
     expected = "mask_scale_triton" if path == "triton_op" else "dropkit_mask_scale_default"
     assert expected in y.grad_fn.name()
 
@@ -343,7 +325,7 @@ def test_inplace_custom_op_matches_out_of_place(served_by_interpreter):
     expected = _ops.mask_scale(x, state, 40000, _scale(40000))
     y = x.clone()
     _ops.mask_scale_inplace(y, state, 40000, _scale(40000))
-    _assert_bit_identical(y, expected)
+    assert_bit_identical(y, expected)
 
 
 # ------------------------------------------------------------------ reference on a state tensor
@@ -353,7 +335,7 @@ def test_inplace_custom_op_matches_out_of_place(served_by_interpreter):
 @given(seed=_u64, offset=_u64, numel=st.integers(1, 200), threshold=st.integers(0, 65536))
 def test_reference_state_path_matches_the_int_path(seed, offset, numel, threshold):
     x = _input(numel, torch.float32)
-    _assert_bit_identical(
+    assert_bit_identical(
         reference.mask_scale_state(x, _ops.make_state(seed, offset), threshold, _scale(threshold)),
         reference.mask_scale(x, seed, offset, threshold, _scale(threshold)),
     )
@@ -444,7 +426,7 @@ def test_fused_float32_is_bit_identical_to_the_unfused_chain(served_by_interpret
     ).__name__
     # out, grad x, grad bias (the same sum_to_size reduction), grad residual.
     for a, b in zip(fused, chain, strict=True):
-        _assert_bit_identical(a, b)
+        assert_bit_identical(a, b)
 
 
 @pytest.mark.parametrize("hidden", [1, 3, 8, 24, 100, 129, 1000, 4104])
@@ -459,9 +441,9 @@ def test_fused_kernels_find_the_bias_column_across_many_small_blocks(hidden):
     grad_x = kt.bias_dropout_add_backward(grad, x, bias, threshold, scale, 1, **key)
     keep = keep_mask(x.shape, threshold, 2**64 - 5, 6)
     h = torch.relu(x + bias)
-    _assert_bit_identical(out, residual + reference._apply(h, keep, scale))
+    assert_bit_identical(out, residual + reference._apply(h, keep, scale))
     masked = reference._apply(grad, keep, scale)
-    _assert_bit_identical(grad_x, torch.where(x + bias <= 0, 0.0, masked))
+    assert_bit_identical(grad_x, torch.where(x + bias <= 0, 0.0, masked))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -481,7 +463,7 @@ def test_fused_drops_the_same_positions_and_agrees_within_rounding(
     threshold, _, _ = keep_scale(0.5)
     dropped = ~keep_mask(x.shape, threshold, 42, 0)
     # Dropped positions: out is exactly the residual, the gradient into x exactly 0.
-    _assert_bit_identical(fused[0][dropped], residual[dropped])
+    assert_bit_identical(fused[0][dropped], residual[dropped])
     assert torch.equal(fused[1][dropped], torch.zeros_like(fused[1][dropped]))
     assert torch.equal(chain[1][dropped], torch.zeros_like(chain[1][dropped]))
     # Kept positions: the fused kernel rounds once (float32 math) where the
@@ -512,7 +494,7 @@ def test_fused_compile_path_custom_ops_match_the_eager_function(served_by_interp
         x, bias, residual, grad,
     )
     for a, b in zip(as_op, eager, strict=True):
-        _assert_bit_identical(a, b)
+        assert_bit_identical(a, b)
 
 
 def test_fused_saves_no_mask(served_by_interpreter):
@@ -539,7 +521,7 @@ def test_fused_unseeded_follows_torch_manual_seed(served_by_interpreter):
     fused = F.bias_dropout_add(x, bias, residual, 0.5, activation="relu")
     torch.manual_seed(5)
     chain = _unfused(x, bias, residual, 0.5, "relu", None, 0)
-    _assert_bit_identical(fused, chain)
+    assert_bit_identical(fused, chain)
 
 
 def test_fused_inference_and_p_zero_are_the_plain_sum():
@@ -553,7 +535,7 @@ def test_fused_inference_and_p_zero_are_the_plain_sum():
 def test_fused_on_cpu_is_the_composition():
     x, bias, residual = _fused_inputs(torch.float64)
     fused = F.bias_dropout_add(x, bias, residual, 0.3, activation="gelu", seed=9, offset=2)
-    _assert_bit_identical(fused, _unfused(x, bias, residual, 0.3, "gelu", 9, 2))
+    assert_bit_identical(fused, _unfused(x, bias, residual, 0.3, "gelu", 9, 2))
 
 
 def test_fused_bad_input_names_the_values():
