@@ -49,25 +49,28 @@ def _torch_backend() -> bool:
     return keras.backend.backend() == "torch"
 
 
+def _int_words(value, name: str, tensor_form: str) -> Optional[tuple]:
+    """A 64-bit int's two 32-bit words; ``None`` for a tensor (the caller reads it)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int in [0, 2**64) or {tensor_form}, got {value!r}")
+    if not isinstance(value, int):
+        return None
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
+    return _philox.split_u64(value)
+
+
 def _key_words(seed) -> tuple:
-    if isinstance(seed, bool):
-        raise TypeError(f"seed must be an int in [0, 2**64) or a (2,) uint32 tensor, got {seed!r}")
-    if isinstance(seed, int):
-        if not 0 <= seed < 1 << 64:
-            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-        return _philox.split_u64(seed)
+    words = _int_words(seed, "seed", "a (2,) uint32 tensor")
+    if words is not None:
+        return words
     words = ops.cast(ops.convert_to_tensor(seed), "uint32")
     return words[0], words[1]
 
 
 def _offset_words(offset) -> tuple:
-    if isinstance(offset, bool):
-        raise TypeError(f"offset must be an int in [0, 2**64) or a uint32 scalar, got {offset!r}")
-    if isinstance(offset, int):
-        if not 0 <= offset < 1 << 64:
-            raise ValueError(f"offset must be in [0, 2**64), got {offset}")
-        return _philox.split_u64(offset)
-    return ops.cast(offset, "uint32"), 0
+    words = _int_words(offset, "offset", "a uint32 scalar")
+    return words if words is not None else (ops.cast(offset, "uint32"), 0)
 
 
 def _as_int(value) -> int:
