@@ -165,7 +165,8 @@ def once_per_version(kind: str, paths: Sequence[Path], check: Callable[[], _T]) 
     ``dropkit lab tasks`` asks for several tasks that share a data set, and a
     file replaced in between is checked again.
     """
-    key = (kind, *((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
+    key = (kind, *((str(p.resolve()), stat.st_size, stat.st_mtime_ns)
+                   for p in paths for stat in (p.stat(),)))
     if key not in _ONCE:
         _ONCE[key] = check()
     return _ONCE[key]  # type: ignore[return-value]

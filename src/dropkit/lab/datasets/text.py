@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ def provenance(paths: Sequence[Path], published: Sequence[str]) -> str:
     differ = [
         f"{path.name} (MD5 {digest}, published {expected})"
         for path, expected in zip(paths, published, strict=True)
-        if (digest := file_digest(path, "md5")) != expected
+        if (digest := _md5(path)) != expected
     ]
     if not differ:
         return "MD5 of every file matches the published one"
@@ -157,8 +158,15 @@ class Corpus:
     description: str
 
 
+def _md5(path: Path, raw: Optional[bytes] = None) -> str:
+    """``path``'s MD5, once per version of the file; from ``raw`` when it was just read."""
+    return once_per_version("md5", [path], lambda: (
+        hashlib.md5(raw).hexdigest() if raw is not None else file_digest(path, "md5")))
+
+
 def _read_text(path: Path) -> str:
     raw = path.read_bytes()
+    _md5(path, raw)  # the loader's description needs it: no second read of the file
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
