@@ -9,18 +9,23 @@ PIP := $(BIN)/python -m pip
 
 .PHONY: demo test lint bench clean
 
+# Builds without isolation (--no-build-isolation) so that setup.py finds the torch just
+# installed and compiles the C++ eager op against it; the sources are prerequisites so
+# that an edited kernel is rebuilt.
+NATIVE_SOURCES := setup.py src/dropkit/kernels/_native.c src/dropkit/kernels/_dispatch.cpp
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet --upgrade pip "setuptools>=68" wheel
 
-$(VENV)/.demo-installed: pyproject.toml setup.py | $(BIN)/python
+$(VENV)/.demo-installed: pyproject.toml $(NATIVE_SOURCES) | $(BIN)/python
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[demo]"
+	$(PIP) install --quiet --no-build-isolation -e ".[demo]"
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml setup.py | $(BIN)/python
+$(VENV)/.dev-installed: pyproject.toml $(NATIVE_SOURCES) | $(BIN)/python
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev,demo]"
+	$(PIP) install --quiet --no-build-isolation -e ".[dev,demo]"
 	$(PIP) install --quiet --no-deps "timm>=1.0"
 	touch $@ $(VENV)/.demo-installed
 

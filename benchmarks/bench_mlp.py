@@ -18,9 +18,9 @@ not kernel), dropkit next to torch: where the overhead that is not the
 kernel goes.
 
 ``--breakdown`` splits dropkit's overhead at batch 256 (fp32, 2 threads) inside the
-training step: the kernel's own time per call, the time from the module's forward to
-the kernel (Python and dispatch), and how much slower a fixed piece of Python runs
-right after a Linear+ReLU than on warm caches.
+training step as a ladder of models measured side by side, each adding one piece:
+one torch element-wise op (``x * 2``), the C++ op's memory pass without Philox, with
+Philox, the module and its checks, and the Python route (``DROPKIT_DISPATCH=0``'s).
 
 Run: ``python benchmarks/bench_mlp.py`` (``--quick`` for a smoke run). To see
 whether torch's OpenMP workers spinning after a parallel region slow the
@@ -39,7 +39,8 @@ from _machine import loadavg
 from torch import nn
 
 import dropkit
-from dropkit import kernels
+from dropkit import _ops, kernels
+from dropkit.random import keep_scale
 
 BATCHES = (64, 256, 1024)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -76,9 +77,13 @@ def _measure(batch: int, dtype: torch.dtype, steps: int, clock=time.perf_counter
         "torch": _mlp(lambda: nn.Dropout(0.5)),
         "dropkit": _mlp(lambda: dropkit.Dropout(0.5)),
     }
+    if _ops._dispatch is not None:
+        models["python route"] = _mlp(lambda: dropkit.Dropout(0.5))
     steppers = {
         name: _step_fn(model.to(dtype).train(), inputs, targets) for name, model in models.items()
     }
+    if "python route" in steppers:
+        steppers["python route"] = _python_route(steppers["python route"])
     for step in steppers.values():
         for _ in range(3):
             step()
@@ -121,87 +126,84 @@ def _profile(steps: int) -> None:
         print(f"{label} per call on 8x8: dropkit {ours:.1f} us, torch {theirs:.1f} us (CPU time)")
 
 
-def _breakdown(steps: int) -> None:
-    native = kernels._native
-    if native is None:
-        print("the native kernel is not built: nothing to break down")
+class _Scaled(nn.Module):
+    """``x * 2``: one torch element-wise op forward and backward, the floor for any one-pass op."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0
+
+
+class _DirectOp(nn.Module):
+    """The C++ eager op called straight from ``forward``: no argument checks, no layering."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.threshold, _, self.scale = keep_scale(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ops._dispatch.apply(x, None, None, 0, self.threshold, self.scale, False)
+
+
+def _python_route(step):
+    """``step`` with the C++ eager op switched off: dropkit's Python route."""
+    fast = _ops._dispatch
+
+    def run() -> None:
+        _ops._dispatch = None
+        try:
+            step()
+        finally:
+            _ops._dispatch = fast
+
+    return run
+
+
+def _breakdown(steps: int, trials: int = 5) -> None:
+    if _ops._dispatch is None:
+        print(f"the C++ eager op is unavailable ({kernels.dispatch_status()}): no ladder to run")
         return
-    marks: list[tuple[str, float]] = []
-
-    class _Timed:
-        """The native module, with a timestamp before and after each kernel call."""
-
-        def __getattr__(self, name):
-            return getattr(native, name)
-
-        def mask_scale(self, *args):
-            marks.append(("kernel start", time.perf_counter()))
-            native.mask_scale(*args)
-            marks.append(("kernel end", time.perf_counter()))
-
-    def entered(module: nn.Module) -> nn.Module:
-        forward = module.forward
-
-        def timed(x):
-            marks.append(("forward start", time.perf_counter()))
-            out = forward(x)
-            marks.append(("forward end", time.perf_counter()))
-            return out
-
-        module.forward = timed
-        return module
-
     generator = torch.Generator().manual_seed(256)
     inputs = torch.randn(256, 784, generator=generator)
     targets = torch.randint(0, 10, (256,), generator=generator)
-    model = _mlp(lambda: entered(dropkit.Dropout(0.5))).train()
-    step, plain = _step_fn(model, inputs, targets), _step_fn(_mlp(None).train(), inputs, targets)
-    kernels._native = _Timed()
-    try:
+    # A ladder: each rung adds one piece of what dropkit.Dropout does in the step.
+    rungs = {
+        "no dropout": None,
+        "x * 2 (one torch element-wise op)": _Scaled,
+        "C++ op, keep all (one pass, no Philox)": lambda: _DirectOp(1e-9),
+        "C++ op, p = 0.5 (+ Philox)": lambda: _DirectOp(0.5),
+        "dropkit.Dropout(0.5) (+ module and checks)": lambda: dropkit.Dropout(0.5),
+        "dropkit.Dropout(0.5), Python route": lambda: dropkit.Dropout(0.5),
+        "torch.nn.Dropout(0.5)": lambda: nn.Dropout(0.5),
+    }
+    steppers = {
+        label: _step_fn(_mlp(factory).train(), inputs, targets) for label, factory in rungs.items()
+    }
+    steppers["dropkit.Dropout(0.5), Python route"] = _python_route(
+        steppers["dropkit.Dropout(0.5), Python route"]
+    )
+    for step in steppers.values():
         for _ in range(3):
             step()
-            plain()
-        marks.clear()
-        with_dropout, without = [], []
+    overheads: dict[str, list[float]] = {label: [] for label in steppers}
+    bases = []
+    for _ in range(trials):
+        samples: dict[str, list[float]] = {label: [] for label in steppers}
         for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            with_dropout.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            plain()
-            without.append(time.perf_counter() - start)
-    finally:
-        kernels._native = native
-    gaps: dict[str, list[float]] = {}
-    for (first, t0), (second, t1) in zip(marks, marks[1:], strict=False):
-        gaps.setdefault(f"{first} -> {second}", []).append(t1 - t0)
-    base, ours = statistics.median(without), statistics.median(with_dropout)
-    print(f"step: no dropout {base * 1e3:.2f} ms, dropkit {ours * 1e3:.2f} ms "
-          f"({(ours / base - 1) * 100:+.1f}%, {(ours - base) * 1e6:.0f} us per step)")
-    for label in ("forward start -> kernel start", "kernel start -> kernel end",
-                  "kernel end -> forward end", "kernel end -> kernel start"):
-        values = gaps.get(label, [])
-        if values:
-            print(f"  {label:32s} median {statistics.median(values) * 1e6:7.1f} us "
-                  f"({len(values)} intervals)")
-    print("  (kernel end -> kernel start spans a forward's end to the next backward's kernel)")
-
-    x, layer = torch.randn(256, 1024, requires_grad=True), nn.Linear(1024, 1024)
-
-    def python_us(before) -> float:
-        times = []
-        for _ in range(300):
-            before()
-            start = time.perf_counter()
-            total = 0
-            for i in range(200):
-                total += i * 2
-            times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1e6
-
-    warm, cold = python_us(lambda: None), python_us(lambda: torch.relu(layer(x)))
-    print(f"a 200-step Python loop: {warm:.1f} us on warm caches, {cold:.1f} us right after a "
-          f"Linear(1024, 1024)+ReLU at batch 256 ({cold / warm:.1f}x)")
+            for label, step in steppers.items():
+                start = time.perf_counter()
+                step()
+                samples[label].append(time.perf_counter() - start)
+        medians = {label: statistics.median(values) for label, values in samples.items()}
+        bases.append(medians["no dropout"])
+        for label, value in medians.items():
+            overheads[label].append((value / medians["no dropout"] - 1) * 100)
+    print(f"batch 256 fp32, {trials} trials of {steps} interleaved steps; no-dropout step "
+          f"{statistics.median(bases) * 1e3:.2f} ms (median over trials)")
+    print("| two layers of | overhead per trial | median |")
+    print("|---|---|---|")
+    for label, values in list(overheads.items())[1:]:
+        cells = " / ".join(f"{v:+.1f}" for v in values)
+        print(f"| {label} | {cells} | {statistics.median(values):+.1f}% |")
 
 
 def main() -> None:
@@ -222,7 +224,7 @@ def main() -> None:
     if args.breakdown:
         print(f"date {date.today()} | load average {loadavg()} | {torch.get_num_threads()} "
               f"torch threads | dropkit backend {kernels.backend_name(torch.empty(0))}")
-        _breakdown(10 if args.quick else max(args.steps, 60))
+        _breakdown(10 if args.quick else args.steps, 2 if args.quick else 5)
         return
     if args.profile:
         print(f"load average {loadavg()} | {torch.get_num_threads()} torch threads")
@@ -238,22 +240,25 @@ def main() -> None:
 
     print(
         f"date {date.today()} | {torch.get_num_threads()} torch threads | torch {torch.__version__}"
-        f" | dropkit backend {kernels.backend_name(torch.empty(0))} | median of {steps} steps"
+        f" | dropkit backend {kernels.backend_name(torch.empty(0))}, eager op "
+        f"{kernels.dispatch_status()} | median of {steps} steps"
         f" | {'CPU time of the calling thread' if args.cpu_time else 'wall time'}"
         f" | load average {loadavg()}"
     )
+    routes = ("torch", "dropkit") + (("python route",) if _ops._dispatch is not None else ())
     print(
         "\n| weights | batch | no dropout ms | torch.nn.Dropout ms (overhead) "
         "| dropkit.Dropout ms (overhead) |"
+        + (" dropkit, Python route ms (overhead) |" if len(routes) == 3 else "")
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|" + ("---|" if len(routes) == 3 else ""))
     for dtype_label, dtype in dtypes.items():
         for batch in batches:
             timings = _measure(batch, dtype, steps, clock)
             base = timings["none"]
             cells = [
                 f"{timings[name] * 1e3:.2f} ({(timings[name] / base - 1) * 100:+.1f}%)"
-                for name in ("torch", "dropkit")
+                for name in routes
             ]
             print(f"| {dtype_label} | {batch} | {base * 1e3:.2f} | " + " | ".join(cells) + " |")
     print(f"\nload average at the end {loadavg()}")

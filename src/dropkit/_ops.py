@@ -13,6 +13,12 @@ op's dispatch cost ~35 us per call here, several times the kernel itself on
 activations of a few thousand elements (the fixed cost that made small
 DropPath/DropBlock calls slower than timm's).
 
+:func:`apply_keyed` (what the functional ops call in eager mode) sends a plain CPU
+tensor to the C++ twin of :func:`apply`, ``kernels._dispatch``, when it is built:
+the same seed draw, kernel and backward with no Python on the path (inside a
+training step the Python route costs several times the kernel). Everything else
+takes :func:`apply`; ``tests/kernels/test_dispatch.py`` holds the two to the same bits.
+
 The state tensor lives on the input's device and the kernels read it there
 (``kernels.mask_scale_state``): no ``.tolist()``, so no device-to-host sync
 under ``torch.compile`` or inside a CUDA graph. For CUDA tensors the op is a
@@ -28,6 +34,7 @@ import torch
 from torch import Tensor
 
 from dropkit import kernels
+from dropkit.random import draw_seed
 
 _U64 = 1 << 64
 _SEED_HIGH = 2**63 - 1
@@ -70,6 +77,12 @@ def capturing(device: torch.device | str | None) -> bool:
         and torch.device(device).type == "cuda"
         and torch.cuda.is_current_stream_capturing()
     )
+
+
+def capturing_any() -> bool:
+    """Whether a CUDA graph is being captured on the current stream (no CUDA: ``False``)."""
+    # is_initialized() first: capture needs CUDA, and it costs nothing without it.
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 def unpack_state(state: Tensor) -> tuple[int, int]:
@@ -357,3 +370,45 @@ def apply(
     else:
         function = _MaskScaleInplaceEager if inplace else _MaskScale
     return function.apply(x, seed, offset, threshold, scale)
+
+
+_dispatch = kernels.dispatch_module()
+# Parameter too: its __torch_function__ is disabled, so it is a plain tensor here.
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
+_DISPATCH_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def apply_keyed(
+    x: Tensor,
+    seed: Optional[int],
+    offset: int,
+    threshold: int,
+    scale: float,
+    generator: Optional[torch.Generator] = None,
+    inplace: bool = False,
+) -> Tensor:
+    """:func:`apply` with ``seed`` drawn from ``generator`` (torch's default) when ``None``.
+
+    A plain CPU tensor outside ``torch.func`` goes to the C++ op of
+    ``kernels._dispatch`` when it is built: the same seed draw, kernel and
+    backward, without the Python path (``Function.apply``, ``torch.randint``)
+    that costs several times the kernel inside a training step. Everything
+    else (subclasses, transforms, forward AD, other devices) takes the Python
+    route, with the same bits.
+    """
+    if (
+        _dispatch is not None
+        and type(x) in _PLAIN_TENSORS
+        and x.device.type == "cpu"
+        and x.dtype in _DISPATCH_DTYPES
+        and (generator is None or generator.device.type == "cpu")
+        and not torch._C._are_functorch_transforms_active()
+        # draw_seed's refusal while a CUDA graph is captured must hold here too.
+        and not (seed is None and capturing_any())
+    ):
+        out = _dispatch.apply(x, seed, generator, offset, threshold, scale, inplace)
+        if out is not None:
+            return out
+    if seed is None:
+        seed = draw_seed(generator)
+    return apply(x, seed, offset, threshold, scale, inplace)

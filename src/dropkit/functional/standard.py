@@ -83,13 +83,6 @@ def _compiled_state(
     return torch.cat((key, offset.reshape(1).to(device=key.device, dtype=torch.int64)))
 
 
-def _eager_key(
-    seed: Optional[int], offset: Offset, generator: Optional[torch.Generator]
-) -> tuple[int, int]:
-    offset = int(offset) if isinstance(offset, Tensor) else offset
-    return _resolve_seed(seed, generator), as_u64(offset, "offset")
-
-
 def _masked(
     input: Tensor,
     threshold: int,
@@ -105,8 +98,9 @@ def _masked(
         if inplace:
             return _ops.mask_scale_inplace(input, state, threshold, scale)
         return _ops.mask_scale(input, state, threshold, scale)
-    seed, offset = _eager_key(seed, offset, generator)
-    return _ops.apply(input, seed, offset, threshold, scale, inplace=inplace)
+    offset = as_u64(int(offset) if isinstance(offset, Tensor) else offset, "offset")
+    seed = None if seed is None else as_u64(seed, "seed")
+    return _ops.apply_keyed(input, seed, offset, threshold, scale, generator, inplace)
 
 
 def keep_mask_like(

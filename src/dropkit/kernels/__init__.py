@@ -39,6 +39,15 @@ requires the native kernel and makes a missing build an ImportError.
 ``DROPKIT_TRITON`` (read once, at import) takes the same values for CUDA
 tensors; with ``"1"`` a missing triton is an ImportError on the first CUDA call.
 
+The eager op around the native kernel (seed draw, autograd node, kernel call)
+also has a C++ form, ``_dispatch`` (``_dispatch.cpp``), compiled against the
+torch present at build time; ``dispatch_module()`` returns it when it was
+built for the torch running now, and ``dispatch_status()`` says why not
+otherwise. ``DROPKIT_DISPATCH`` (read once, at import) takes the same values:
+``"0"`` keeps the Python route, ``"1"`` makes a missing or mismatched build an
+ImportError. Both routes give the same bits; the C++ one saves the Python
+dispatch a training step pays on every dropout call.
+
 Two calls take the key as an int64[2] tensor ``[seed, offset]`` (u64 bit
 patterns) on the input's device instead of Python ints, so a seed drawn on the
 GPU never visits the host (``torch.compile``, CUDA graphs):
@@ -65,6 +74,8 @@ __all__ = [
     "mask_scale_streams",
     "backend_name",
     "native_module",
+    "dispatch_module",
+    "dispatch_status",
     "triton_backend",
 ]
 
@@ -98,6 +109,44 @@ def _load_native():
 
 
 _native, _native_missing_reason = _load_native()
+
+_DISPATCH_VAR = "DROPKIT_DISPATCH"
+
+
+def _load_dispatch():
+    """The C++ eager op bound to the native kernel, or ``None`` with the reason."""
+    setting = os.environ.get(_DISPATCH_VAR, "").strip().lower()
+    if setting not in _ENV_CHOICES:
+        raise ValueError(
+            f"{_DISPATCH_VAR} has to be one of {_ENV_CHOICES[1:]} or unset, "
+            f"but got {os.environ[_DISPATCH_VAR]!r}"
+        )
+    if setting == "0":
+        return None, f"{_DISPATCH_VAR}=0"
+    reason = ""
+    if _native is None:
+        reason = f"the native kernel is unavailable ({_native_missing_reason})"
+    else:
+        try:
+            from dropkit.kernels import _dispatch
+        except ImportError as error:
+            reason = f"not built for this install ({error})"
+        else:
+            if _dispatch.TORCH_VERSION != torch.__version__:
+                # A C++ build is tied to torch's ABI: never run one against another torch.
+                reason = (
+                    f"built for torch {_dispatch.TORCH_VERSION}, running torch "
+                    f"{torch.__version__}; reinstall dropkit to rebuild it"
+                )
+            else:
+                _dispatch.init(_native._C_API)
+                return _dispatch, ""
+    if setting == "1":
+        raise ImportError(f"{_DISPATCH_VAR}=1 requires dropkit's C++ eager op, which is {reason}")
+    return None, reason
+
+
+_dispatch, _dispatch_missing_reason = _load_dispatch()
 _warned_missing = False
 
 _TRITON_VAR = "DROPKIT_TRITON"
@@ -154,6 +203,16 @@ def triton_backend(x: Tensor):
 def native_module():
     """The compiled ``_native`` module, or ``None`` when the reference serves CPU tensors."""
     return _native
+
+
+def dispatch_module():
+    """The compiled C++ eager op (``_dispatch``), or ``None`` when the Python route serves."""
+    return _dispatch
+
+
+def dispatch_status() -> str:
+    """``"c++"`` when eager CPU dropout runs through ``_dispatch``, else why it does not."""
+    return "c++" if _dispatch is not None else f"python ({_dispatch_missing_reason})"
 
 
 def _warn_missing_once() -> None:

@@ -976,6 +976,53 @@ PyDoc_STRVAR(dk_mask_scale_doc,
              "Write keep ? src * scale : +0.0 for numel contiguous elements at dst_ptr (may equal "
              "src_ptr).\ndtype_code: 0 float32, 1 float64, 2 float16, 3 bfloat16. Releases the GIL.");
 
+/* The C interface, shared by the Python binding below and by
+ * dropkit.kernels._dispatch (the C++ eager op, linked against torch), which
+ * reaches it through the capsule dropkit.kernels._native._C_API (a dk_c_api).
+ * Both return 0, or -1 (numel < 0), -2 (dtype code), -3 (threshold) or -4 (null
+ * pointer); dk_mask_scale_c runs without the GIL. */
+static int dk_job_init(dk_job *job, const void *src, void *dst, int64_t numel, int dtype,
+                       uint64_t seed, uint64_t offset, int64_t threshold, double scale) {
+    if (numel < 0) return -1;
+    if (dtype < DK_F32 || dtype > DK_BF16) return -2;
+    if (threshold < 0 || threshold > DK_KEEP_ONE) return -3;
+    if (numel > 0 && (src == NULL || dst == NULL)) return -4;
+    job->src = src;
+    job->dst = dst;
+    job->n = (size_t)numel;
+    job->dtype = dtype;
+    job->key0 = (uint32_t)seed;
+    job->key1 = (uint32_t)(seed >> 32);
+    job->ctr2 = (uint32_t)offset;
+    job->ctr3 = (uint32_t)(offset >> 32);
+    job->need_rng = threshold > 0 && threshold < DK_KEEP_ONE;
+    /* Without Philox every lane reads as 0: threshold 1 keeps all, 0 drops all. */
+    job->threshold = job->need_rng ? (uint32_t)threshold : (threshold ? 1u : 0u);
+    job->scale32 = (float)scale;
+    job->scale64 = scale;
+    return 0;
+}
+
+/* One stream on nthreads threads (the kernel's pool, for calls of DK_PARALLEL_MIN
+ * elements and more). */
+static int dk_mask_scale_c(const void *src, void *dst, int64_t numel, int dtype, uint64_t seed,
+                           uint64_t offset, int64_t threshold, double scale, int nthreads) {
+    dk_job job;
+    int status = dk_job_init(&job, src, dst, numel, dtype, seed, offset, threshold, scale);
+    if (status != 0 || numel == 0) return status;
+    dk_execute(&job, NULL, 0, NULL, 0, nthreads < 1 ? 1 : nthreads);
+    return 0;
+}
+
+/* Versioned, so that a _dispatch built against another layout refuses to run. */
+typedef struct {
+    int abi; /* 1: the layout below */
+    int (*mask_scale)(const void *, void *, int64_t, int, uint64_t, uint64_t, int64_t, double,
+                      int);
+} dk_c_api;
+
+static const dk_c_api dk_api = {1, dk_mask_scale_c};
+
 static PyObject *dk_py_mask_scale(PyObject *self, PyObject *args) {
     unsigned long long src, dst, seed, offset;
     Py_ssize_t numel;
@@ -994,25 +1041,9 @@ static PyObject *dk_py_mask_scale(PyObject *self, PyObject *args) {
                             threshold);
     if (numel > 0 && (src == 0 || dst == 0))
         return PyErr_Format(PyExc_ValueError, "null data pointer for %zd elements", numel);
-    if (numel == 0) Py_RETURN_NONE;
-
-    dk_job job;
-    job.src = (const void *)(uintptr_t)src;
-    job.dst = (void *)(uintptr_t)dst;
-    job.n = (size_t)numel;
-    job.dtype = dtype;
-    job.key0 = (uint32_t)seed;
-    job.key1 = (uint32_t)(seed >> 32);
-    job.ctr2 = (uint32_t)offset;
-    job.ctr3 = (uint32_t)(offset >> 32);
-    job.need_rng = threshold > 0 && threshold < DK_KEEP_ONE;
-    /* Without Philox every lane reads as 0: threshold 1 keeps all, 0 drops all. */
-    job.threshold = job.need_rng ? (uint32_t)threshold : (threshold ? 1u : 0u);
-    job.scale32 = (float)scale;
-    job.scale64 = scale;
-
     Py_BEGIN_ALLOW_THREADS
-    dk_execute(&job, NULL, 0, NULL, 0, nthreads < 1 ? 1 : nthreads);
+    dk_mask_scale_c((const void *)(uintptr_t)src, (void *)(uintptr_t)dst, (int64_t)numel, dtype,
+                    seed, offset, threshold, scale, nthreads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -1049,16 +1080,10 @@ static PyObject *dk_py_mask_scale_streams(PyObject *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "null pointer for %zd x %zd streams", n_seeds,
                             n_offsets);
 
+    /* The key and offset are per stream (dk_run_chunk). */
     dk_job job;
-    memset(&job, 0, sizeof job);
-    job.src = (const void *)(uintptr_t)src;
-    job.dst = (void *)(uintptr_t)dst;
-    job.n = (size_t)numel;
-    job.dtype = dtype;
-    job.need_rng = threshold > 0 && threshold < DK_KEEP_ONE;
-    job.threshold = job.need_rng ? (uint32_t)threshold : (threshold ? 1u : 0u);
-    job.scale32 = (float)scale;
-    job.scale64 = scale;
+    dk_job_init(&job, (const void *)(uintptr_t)src, (void *)(uintptr_t)dst, (int64_t)numel, dtype,
+                0, 0, threshold, scale);
 
     Py_BEGIN_ALLOW_THREADS
     dk_execute(&job, (const uint64_t *)(uintptr_t)seeds, (size_t)n_seeds,
@@ -1150,5 +1175,15 @@ PyMODINIT_FUNC PyInit__native(void) {
         atfork_registered = 1;
     }
 #endif
-    return PyModule_Create(&dk_module);
+    PyObject *module = PyModule_Create(&dk_module);
+    if (module == NULL) return NULL;
+    /* The C entry point for dropkit.kernels._dispatch: the kernel is built once,
+     * here, and the torch-linked op borrows it instead of compiling a copy. */
+    PyObject *api = PyCapsule_New((void *)&dk_api, "dropkit.kernels._native._C_API", NULL);
+    if (api == NULL || PyModule_AddObject(module, "_C_API", api) < 0) {
+        Py_XDECREF(api);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }
