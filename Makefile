@@ -16,7 +16,7 @@ NATIVE_SOURCES := setup.py src/dropkit/kernels/_native.c src/dropkit/kernels/_di
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip "setuptools>=68" wheel
+	$(PIP) install --quiet --upgrade pip "setuptools>=77" wheel
 
 $(VENV)/.demo-installed: pyproject.toml $(NATIVE_SOURCES) | $(BIN)/python
 	$(PIP) install --quiet "$(TORCH_SPEC)"

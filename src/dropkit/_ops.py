@@ -70,6 +70,17 @@ def draw_state(
     return torch.cat((drawn, torch.full((1,), _signed(offset), dtype=torch.int64, device=device)))
 
 
+def graph_building() -> bool:
+    """Whether ops are being recorded into a graph: ``torch.compile`` or ``torch.jit.trace``.
+
+    There a seed or offset must be data (a tensor the graph computes), never a Python
+    int: ``torch.compile`` would guard on it and a trace would freeze it, so every run
+    of the graph would drop the same units. The eager routes write through raw pointers,
+    which a trace does not record at all.
+    """
+    return torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
+
+
 def capturing(device: torch.device | str | None) -> bool:
     """Whether the current CUDA stream of ``device`` is being captured into a CUDA graph."""
     return (
@@ -166,7 +177,7 @@ def mask_scale(x: Tensor, state: Tensor, threshold: int, scale: float) -> Tensor
     warm-up calls compiled and loaded, where a ``wrap_triton`` launch (other
     compile options) would need a new one, and loading one while capturing fails.
     """
-    if torch.compiler.is_compiling():
+    if graph_building():
         backend = kernels.triton_backend(x)
         if backend is not None:
             return _triton_mask_scale(backend)(x, state, threshold, scale)

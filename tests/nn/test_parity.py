@@ -224,6 +224,45 @@ def test_representative_modules_compile_with_inductor(name, seed):
         torch.testing.assert_close(out, eager(x))
 
 
+# torch.jit.trace: the traced graph must draw a fresh mask per call (torch's dropout
+# traces as aten::dropout), not replay the one it saw, and never record an empty
+# buffer for a kernel that writes through a raw pointer. WeightDrop and DropConnect
+# call torch.func.functional_call, which torch refuses to trace.
+_UNTRACEABLE = {"WeightDrop", "DropConnect"}
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("seed", [None, 7])
+@pytest.mark.parametrize("name", sorted(set(MODULES) - _UNTRACEABLE))
+def test_every_module_traces_to_a_graph_that_draws_new_masks(name, seed):
+    make, make_input = MODULES[name]
+    module = make(seed=seed).train()
+    eager = copy.deepcopy(module)
+    x = make_input()
+    traced = torch.jit.trace(module, (x,), check_trace=False)
+    torch.manual_seed(0)
+    first, second = _first(traced(x)), _first(traced(x))
+    assert not torch.equal(first, second)
+    if seed is None:
+        torch.manual_seed(0)
+        assert torch.equal(_first(traced(x)), first)  # torch.manual_seed reproduces it
+    else:
+        # Tracing ran call 0; the graph reads the stream counter as data: calls 1 and 2.
+        expected = [_first(eager(x)) for _ in range(3)]
+        assert torch.equal(first, expected[1]) and torch.equal(second, expected[2])
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_traced_dropout_backpropagates_its_mask():
+    traced = torch.jit.trace(dropkit.Dropout(0.5).train(), (torch.randn(4, 9),))
+    x = torch.randn(64, 9, requires_grad=True)
+    out = traced(x)
+    out.backward(torch.ones_like(out))
+    assert torch.equal(x.grad, (out != 0).float() * 2.0)
+
+
 # --- 6. empty batch ----------------------------------------------------------------------
 
 

@@ -128,6 +128,10 @@ def _drop_block(
     _check_rank(input, spatial, op)
     sizes = block_sizes(block_size, spatial, op)
     feature = tuple(input.shape[-spatial:])
+    if torch.jit.is_tracing():
+        # A trace records sizes as tensors; gamma and the keep threshold are plain
+        # numbers of the traced shape (a trace is specialised to its shapes anyway).
+        feature = tuple(int(f) for f in feature)
     if clip_blocks:
         sizes = tuple(min(b, f) for b, f in zip(sizes, feature, strict=True))
     elif any(b > f for b, f in zip(sizes, feature, strict=True)):

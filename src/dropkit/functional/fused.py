@@ -226,7 +226,7 @@ def bias_dropout_add(
         return residual + dropout(_activate(x + bias, activation), p, seed=seed, offset=offset)
     threshold, _, scale = keep_scale(p)
     x, bias, residual = x.contiguous(), bias.contiguous(), residual.contiguous()
-    if torch.compiler.is_compiling():
+    if _ops.graph_building():
         state = (
             _ops.draw_state(offset, x.device) if seed is None
             else _ops.make_state(seed, offset, x.device)

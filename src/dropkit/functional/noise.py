@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from dropkit import _ops
 from dropkit.functional.checks import validate_input, validate_p
 from dropkit.functional.standard import Offset
 from dropkit.random import SeedLike, draw_seed, normal
@@ -34,7 +35,7 @@ def noise_seed(seed: Optional[int], generator: Optional[torch.Generator]) -> See
     """
     if seed is not None:
         return seed
-    if torch.compiler.is_compiling():
+    if _ops.graph_building():
         return torch.randint(0, 2**63 - 1, (), dtype=torch.int64, generator=generator)
     return draw_seed(generator)
 

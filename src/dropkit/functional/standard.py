@@ -63,7 +63,7 @@ def _state(
 ) -> Tensor:
     """``[seed, offset]`` as an int64[2] tensor on ``device``, where the kernel reads it."""
     offset = as_u64(offset, "offset")
-    if seed is None and (torch.compiler.is_compiling() or _ops.capturing(device)):
+    if seed is None and (_ops.graph_building() or _ops.capturing(device)):
         # A Python-int seed would be a data-dependent guard in a compiled graph
         # and a constant frozen into a captured CUDA graph: draw it on the device.
         return _ops.draw_state(offset, device, generator)
@@ -93,7 +93,7 @@ def _masked(
     inplace: bool,
 ) -> Tensor:
     """``keep ? input * scale : 0`` with one mask value per element."""
-    if torch.compiler.is_compiling() or (seed is None and _ops.capturing(input.device)):
+    if _ops.graph_building() or (seed is None and _ops.capturing(input.device)):
         state = _compiled_state(seed, offset, generator, input.device)
         if inplace:
             return _ops.mask_scale_inplace(input, state, threshold, scale)

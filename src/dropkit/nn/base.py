@@ -33,6 +33,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from dropkit import _ops
 from dropkit.random import validate_seed
 
 __all__ = ["SeedStream", "stream_state", "load_stream_state"]
@@ -72,8 +73,8 @@ class SeedStream:
         if counter is None:
             # seed assigned after construction: start its stream now.
             counter = self._register_counter(persistent=False)
-        if torch.compiler.is_compiling():
-            # A tensor, so the compiled graph reads the counter as data instead of
+        if _ops.graph_building():
+            # A tensor, so the compiled (or traced) graph reads the counter as data instead of
             # guarding on (and recompiling for) every value.
             offset = counter.clone()
             counter.add_(masks)

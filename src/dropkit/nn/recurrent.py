@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from dropkit import _ops
 from dropkit import functional as F
 from dropkit.functional.checks import validate_index, validate_p
 from dropkit.functional.recurrent import Sequenceish
@@ -277,7 +278,7 @@ class Zoneout(SeedStream, nn.Module):
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
         seed, first = self.seed, 0
         if self.training:
-            if seed is None and not torch.compiler.is_compiling():
+            if seed is None and not _ops.graph_building():
                 seed = draw_seed()
             # Two offsets per step (hidden, cell) for both cell kinds, so a stream
             # position means the same step whatever the cell.

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
-import torch
 from torch import nn
 from torch.func import functional_call
 
+from dropkit import _ops
 from dropkit import functional as F
 from dropkit.functional.checks import validate_p
 from dropkit.nn.base import SeedStream
@@ -75,7 +75,7 @@ class DroppedParameters(SeedStream, nn.Module):
     def forward_dropped(self, args: tuple, kwargs: dict) -> Any:
         """Run the wrapped module once with this call's masked parameters."""
         seed = self.seed
-        if seed is None and not torch.compiler.is_compiling():
+        if seed is None and not _ops.graph_building():
             seed = draw_seed()
         # Compiled and unseeded: each mask draws its own seed as a tensor (an int
         # drawn here would be a data-dependent guard).
