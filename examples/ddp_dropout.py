@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import dropkit
-from dropkit.distributed import RNGTracker
+from dropkit.distributed import RNGTracker, exit_rank
 
 
 class _MLP(nn.Module):
@@ -135,3 +135,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Not a plain return: torch's gloo threads can abort a process that trained a DDP
+    # module while the interpreter shuts down (see dropkit.distributed.exit_rank).
+    exit_rank(0)

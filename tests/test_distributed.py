@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import dropkit
-from dropkit.distributed import RNGTracker, get_rng_tracker, per_rank_seed
+from dropkit.distributed import RNGTracker, exit_rank, get_rng_tracker, per_rank_seed
 from dropkit.random import draw_seed, fold_seed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -446,6 +446,7 @@ def _worker(rank: int, port: int, seeds: list[int], out_dir: str) -> None:
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    exit_rank(0)  # the result is saved; a DDP rank must not finalize (see exit_rank)
 
 
 @pytest.fixture(scope="module")

@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import sys
 from collections.abc import Iterator
-from typing import Optional
+from typing import NoReturn, Optional
 
 import torch
 import torch.distributed as dist
@@ -55,7 +57,7 @@ from dropkit.random import (
     fold_seed,
 )
 
-__all__ = ["RNGTracker", "get_rng_tracker", "per_rank_seed"]
+__all__ = ["RNGTracker", "exit_rank", "get_rng_tracker", "per_rank_seed"]
 
 _SEED_SPACE = 1 << 64
 # Fold value that separates the CUDA generator's seed from the CPU one's.
@@ -257,3 +259,28 @@ def get_rng_tracker() -> RNGTracker:
     """The process-wide tracker, for layers that fork without having one passed in
     (like Megatron-LM's ``get_cuda_rng_tracker()``)."""
     return _DEFAULT_TRACKER
+
+
+def exit_rank(code: int = 0) -> NoReturn:
+    """End a data-parallel rank's process now, with ``code``, skipping the interpreter's
+    finalization. Call it last, once everything the rank owes is written.
+
+    Why: a ``DistributedDataParallel`` module keeps its gloo backend alive after
+    ``destroy_process_group`` (torch 2.13: the worker threads outlive the module;
+    checked with the threads' names in ``/proc/self/task``). Those threads still
+    release finished collectives, whose tensors hold Python references, and
+    releasing one takes the GIL; if Python is finalizing by then, the thread is
+    unwound through C++ and the process aborts ("terminate called without an
+    active exception", SIGABRT, after all its work was done). That happened to
+    3 of 49 torchrun launches of the lab and 5 of 20 of ``examples/ddp_dropout.py``
+    here (2026-12-01), and a core dump showed ``ProcessGroupGloo::runLoop``
+    destroying a barrier's prior all-gather in ``take_gil``. pytorch/pytorch#179291
+    describes the same race. Standard streams are flushed first; files and stores
+    must be closed by the caller.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream must not keep us alive
+            pass
+    os._exit(code)

@@ -36,15 +36,15 @@ import dataclasses
 import json
 import os
 import socket
-import sys
 import tempfile
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from dropkit.distributed import exit_rank
 from dropkit.lab.config import ConfigError, ExperimentConfig, RunConfig
 from dropkit.lab.pipeline import GridResult, plan, run_grid
 from dropkit.lab.store import open_store
@@ -155,29 +155,6 @@ _TRAINED = False
 def trained_data_parallel() -> bool:
     """Whether this process took part in data-parallel training (see :func:`exit_rank`)."""
     return _TRAINED
-
-
-def exit_rank(code: int = 0) -> NoReturn:
-    """End a rank's process now, with ``code``, skipping the interpreter's finalization.
-
-    Why: a ``DistributedDataParallel`` module keeps its gloo backend alive after
-    ``destroy_process_group`` (torch 2.13: the worker threads outlive the module;
-    checked with the threads' names in ``/proc/self/task``). Those threads still
-    release finished collectives, whose tensors hold Python references, and
-    releasing one takes the GIL; if Python is finalizing by then, the thread is
-    unwound through C++ and the process aborts ("terminate called without an
-    active exception", SIGABRT, after all its work was done). That happened to
-    3 of 49 torchrun launches here (2026-12-01), and a core dump showed
-    ``ProcessGroupGloo::runLoop`` destroying a barrier's prior all-gather in
-    ``take_gil``. pytorch/pytorch#179291 describes the same race. Everything this
-    process owes is written before: the store is closed and the streams are flushed.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream must not keep us alive
-            pass
-    os._exit(code)
 
 
 def _quiesce() -> None:
