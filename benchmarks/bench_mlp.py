@@ -160,7 +160,7 @@ def _python_route(step):
 
 def _breakdown(steps: int, trials: int = 5) -> None:
     if _ops._dispatch is None:
-        print(f"the C++ eager op is unavailable ({kernels.dispatch_status()}): no ladder to run")
+        print(f"eager op: {kernels.dispatch_status()}; the ladder needs the C++ op")
         return
     generator = torch.Generator().manual_seed(256)
     inputs = torch.randn(256, 784, generator=generator)

@@ -29,6 +29,8 @@ from typing import Any, Literal, Optional
 import torch
 from torch import Tensor
 
+from dropkit.metrics import positive_tensor, real_tensor
+
 __all__ = ["TemperatureScaler", "VarianceScaler", "fit_temperature"]
 
 Inputs = Literal["logits", "probs"]
@@ -40,14 +42,7 @@ _PROB_FLOOR = 1e-12
 
 
 def _as_tensor(value: Any, name: str) -> Tensor:
-    tensor = torch.as_tensor(value)
-    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must hold real numbers, but got dtype {tensor.dtype}")
-    tensor = tensor.detach().to(device="cpu", dtype=torch.float64)
-    if not torch.isfinite(tensor).all():
-        count = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(f"{name} contains {count} NaN or infinite value(s)")
-    return tensor
+    return real_tensor(value, name, finite=True)
 
 
 def _log_scores(values: Any, inputs: str) -> Tensor:
@@ -269,10 +264,7 @@ class VarianceScaler:
         """The rescaled variance ``var * scale`` (float64)."""
         if self.scale is None:
             raise RuntimeError("VarianceScaler.transform called before fit")
-        var = _as_tensor(var, "var")
-        if (var <= 0).any():
-            raise ValueError(f"var must be > 0, but got {var[var <= 0][0].item()}")
-        return var * self.scale
+        return positive_tensor(var, "var", finite=True) * self.scale
 
     def __repr__(self) -> str:
         return f"VarianceScaler(level={self.level}, method={self.method!r}, scale={self.scale})"

@@ -37,6 +37,8 @@ from typing import Any, Literal, Optional
 import torch
 from torch import Tensor
 
+from dropkit.metrics import positive_tensor, real_tensor
+
 __all__ = [
     "conformal_quantile",
     "ConformalRegressor",
@@ -47,13 +49,7 @@ __all__ = [
 
 
 def _as_tensor(value: Any, name: str) -> Tensor:
-    tensor = torch.as_tensor(value)
-    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must hold real numbers, but got dtype {tensor.dtype}")
-    tensor = tensor.detach().to(device="cpu", dtype=torch.float64)
-    if torch.isnan(tensor).any():
-        raise ValueError(f"{name} contains {int(torch.isnan(tensor).sum())} NaN value(s)")
-    return tensor
+    return real_tensor(value, name)
 
 
 def _validate_alpha(alpha: Any) -> float:
@@ -118,12 +114,7 @@ class ConformalRegressor:
             return torch.ones(shape, dtype=torch.float64)
         if std is None:
             raise ValueError("score='normalized' needs std, the predictive standard deviation")
-        std = _as_tensor(std, "std")
-        if std.shape != shape:
-            raise ValueError(f"std has shape {tuple(std.shape)} but mean has {tuple(shape)}")
-        if (std <= 0).any():
-            raise ValueError(f"std must be > 0, but got {std[std <= 0][0].item()}")
-        return std
+        return positive_tensor(std, "std", shape, like="mean")
 
     def scores(self, mean: Any, std: Optional[Any], target: Any) -> Tensor:
         """The nonconformity scores of labelled examples."""

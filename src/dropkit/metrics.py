@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -66,15 +66,44 @@ __all__ = [
 _PROB_FLOOR = 1e-15
 
 
-def _as_float(value: Any, name: str) -> Tensor:
+def real_tensor(value: Any, name: str, *, finite: bool = False, bools: bool = False) -> Tensor:
+    """``value`` as a CPU float64 tensor, or an error naming ``name`` and what is wrong.
+
+    The one input check of the uncertainty tools (metrics, calibration, conformal):
+    integer (and, with ``bools``, boolean) tensors are accepted, NaN never is, and
+    infinities only without ``finite``.
+    """
     tensor = torch.as_tensor(value)
-    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64, torch.bool)):
+    accepted = (torch.int32, torch.int64) + ((torch.bool,) if bools else ())
+    if not (tensor.is_floating_point() or tensor.dtype in accepted):
         raise TypeError(f"{name} must hold real numbers, but got dtype {tensor.dtype}")
     tensor = tensor.detach().to(device="cpu", dtype=torch.float64)
-    if torch.isnan(tensor).any():
-        count = int(torch.isnan(tensor).sum())
-        raise ValueError(f"{name} contains {count} NaN value(s); metrics need finite inputs")
+    bad = ~torch.isfinite(tensor) if finite else torch.isnan(tensor)
+    if bad.any():
+        kind = "NaN or infinite" if finite else "NaN"
+        raise ValueError(f"{name} contains {int(bad.sum())} {kind} value(s)")
     return tensor
+
+
+def positive_tensor(
+    value: Any,
+    name: str,
+    shape: Optional[torch.Size] = None,
+    like: str = "target",
+    *,
+    finite: bool = False,
+) -> Tensor:
+    """:func:`real_tensor` that must be ``> 0`` everywhere (and of ``shape``, named ``like``)."""
+    tensor = real_tensor(value, name, finite=finite)
+    if shape is not None and tensor.shape != shape:
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)} but {like} has {tuple(shape)}")
+    if (tensor <= 0).any():
+        raise ValueError(f"{name} must be > 0, but got {tensor[tensor <= 0][0].item()}")
+    return tensor
+
+
+def _as_float(value: Any, name: str) -> Tensor:
+    return real_tensor(value, name, bools=True)
 
 
 def _probs_labels(probs: Any, labels: Any) -> tuple[Tensor, Tensor]:
@@ -329,19 +358,10 @@ def rmse(mean: Any, target: Any) -> float:
     return float(((mean - target) ** 2).mean().sqrt())
 
 
-def _positive_variance(var: Any, shape: torch.Size) -> Tensor:
-    var = _as_float(var, "var")
-    if var.shape != shape:
-        raise ValueError(f"var has shape {tuple(var.shape)} but target has {tuple(shape)}")
-    if (var <= 0).any():
-        raise ValueError(f"var must be > 0, but got {var[var <= 0][0].item()}")
-    return var
-
-
 def gaussian_log_likelihood(mean: Any, var: Any, target: Any) -> float:
     """Mean ``log N(target; mean, var)`` per element (moment-matched Gaussian)."""
     mean, target = _regression_pair(mean, target, "mean")
-    var = _positive_variance(var, target.shape)
+    var = positive_tensor(var, "var", target.shape)
     return float((-0.5 * (math.log(2 * math.pi) + var.log() + (target - mean) ** 2 / var)).mean())
 
 
@@ -380,7 +400,7 @@ def interval_coverage(mean: Any, var: Any, target: Any, level: float = 0.95) -> 
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), but got {level}")
     mean, target = _regression_pair(mean, target, "mean")
-    var = _positive_variance(var, target.shape)
+    var = positive_tensor(var, "var", target.shape)
     half_width = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(level, dtype=torch.float64))
     inside = (target - mean).abs() <= half_width * var.sqrt()
     return float(inside.to(torch.float64).mean())
@@ -396,7 +416,7 @@ def crps_gaussian(mean: Any, var: Any, target: Any) -> float:
     numerical integration of ``(F(x) - 1[x >= y])^2`` and uncertainty-toolbox.
     """
     mean, target = _regression_pair(mean, target, "mean")
-    sigma = _positive_variance(var, target.shape).sqrt()
+    sigma = positive_tensor(var, "var", target.shape).sqrt()
     z = (target - mean) / sigma
     cdf = 0.5 * (1 + torch.special.erf(z / math.sqrt(2.0)))
     pdf = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
@@ -416,7 +436,7 @@ def miscalibration_area(mean: Any, var: Any, target: Any, n_levels: int = 100) -
     if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 2:
         raise ValueError(f"n_levels must be an int >= 2, but got {n_levels!r}")
     mean, target = _regression_pair(mean, target, "mean")
-    sigma = _positive_variance(var, target.shape).sqrt()
+    sigma = positive_tensor(var, "var", target.shape).sqrt()
     normalised = ((target - mean).abs() / sigma).reshape(-1)
     expected = torch.linspace(0.0, 1.0, n_levels, dtype=torch.float64)
     # Half-width of the central p interval in standard deviations: Phi^-1((1 + p) / 2).
