@@ -438,3 +438,28 @@ def test_the_data_checked_before_the_store_opens_is_the_data_trained_on(
                   "--store", tmp_path / "s.sqlite", "--no-progress", *extra)
     assert result.exit_code == 0, result.output
     assert len(loads) == 1
+
+
+def test_info_reports_what_serves_dropout():
+    import torch
+
+    from dropkit import kernels
+
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(":", 1) for line in result.output.splitlines())
+    assert lines["torch"].strip() == str(torch.__version__)
+    assert lines["cpu backend"].strip() == kernels.backend_name()
+    assert lines["eager op"].strip() == kernels.dispatch_status()
+    assert set(lines) >= {"dropkit", "cuda", "triton", "DROPKIT_NATIVE", "DROPKIT_DISPATCH"}
+
+
+def test_info_shows_the_route_the_environment_chose():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPKIT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "dropkit", "info"], capture_output=True, text=True, timeout=120,
+        env={**env, "DROPKIT_DISPATCH": "0"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "eager op:          python (DROPKIT_DISPATCH=0)" in result.stdout
+    assert "DROPKIT_DISPATCH:  0" in result.stdout

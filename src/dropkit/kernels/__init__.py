@@ -76,6 +76,7 @@ __all__ = [
     "native_module",
     "dispatch_module",
     "dispatch_status",
+    "describe",
     "triton_backend",
 ]
 
@@ -346,3 +347,44 @@ def mask_scale_state_(x: Tensor, state: Tensor, threshold: int, scale: float) ->
     if _native_serves(x) and state.device.type == "cpu":
         return mask_scale_(x, *_unpack(state), threshold, scale)
     return reference.mask_scale_state_(x, state, threshold, scale)
+
+
+def describe() -> dict[str, str]:
+    """What serves dropout here, for bug reports: ``dropkit info`` prints it.
+
+    Versions, the CPU kernel and its instruction sets, the eager route, threads,
+    CUDA and triton, and the environment variables that change any of them.
+    """
+    import platform
+
+    import dropkit
+
+    available = ", ".join(_native.available_isas()) if _native is not None else "-"
+    info = {
+        "dropkit": dropkit.__version__,
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu backend": backend_name(),
+        "cpu kernel": (
+            f"native, instruction sets {available}" if _native is not None
+            else f"reference ({_native_missing_reason})"
+        ),
+        "eager op": dispatch_status(),
+        "torch threads": str(torch.get_num_threads()),
+    }
+    if torch.cuda.is_available():
+        device = torch.empty(0, device="cuda")
+        info["cuda"] = f"{torch.version.cuda}, {torch.cuda.get_device_name()}"
+        info["cuda backend"] = backend_name(device)
+    else:
+        info["cuda"] = "not available"
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError as error:
+        info["triton"] = f"not importable ({error})"
+    for var in (_ENV_VAR, _TRITON_VAR, _DISPATCH_VAR):
+        info[var] = os.environ.get(var, "(unset)")
+    return info

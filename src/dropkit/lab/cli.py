@@ -574,6 +574,15 @@ def reproduce(
     _console.print(f"store: {path}", highlight=False)
 
 
+@app.command()
+def info() -> None:
+    """Print what serves dropout here (versions, kernels, eager route), for bug reports."""
+    from dropkit.kernels import describe
+
+    for key, value in describe().items():
+        _console.print(f"{key + ':':18s} {value}", markup=False, highlight=False)
+
+
 def main() -> None:
     """Console-script entry point (``dropkit``) and ``python -m dropkit``."""
     try:
