@@ -22,6 +22,10 @@ training step as a ladder of models measured side by side, each adding one piece
 one torch element-wise op (``x * 2``), the C++ op's memory pass without Philox, with
 Philox, the module and its checks, and the Python route (``DROPKIT_DISPATCH=0``'s).
 
+``--compile`` measures the batch-256 fp32 step under ``torch.compile`` (inductor) beside
+``x * 2`` (which inductor fuses) and ``x * 2`` as an opaque custom op (which it cannot see
+into, as it cannot see into dropkit's CPU kernel).
+
 Run: ``python benchmarks/bench_mlp.py`` (``--quick`` for a smoke run). To see
 whether torch's OpenMP workers spinning after a parallel region slow the
 kernel's own threads, compare with ``OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_mlp.py``.
@@ -206,6 +210,77 @@ def _breakdown(steps: int, trials: int = 5) -> None:
         print(f"| {label} | {cells} | {statistics.median(values):+.1f}% |")
 
 
+@torch.library.custom_op("dropkit_bench::scaled", mutates_args=())
+def _opaque_scaled(x: torch.Tensor) -> torch.Tensor:
+    return x * 2.0
+
+
+@_opaque_scaled.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+_opaque_scaled.register_autograd(
+    lambda ctx, grad: _opaque_scaled(grad), setup_context=lambda ctx, inputs, output: None
+)
+
+
+class _OpaqueScaled(nn.Module):
+    """``x * 2`` as an opaque custom op: what inductor can do around any op it cannot see into."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _opaque_scaled(x)
+
+
+def _compiled(steps: int, trials: int = 3) -> None:
+    """The batch-256 fp32 step under ``torch.compile`` (inductor), a ladder side by side."""
+    generator = torch.Generator().manual_seed(256)
+    inputs = torch.randn(256, 784, generator=generator)
+    targets = torch.randint(0, 10, (256,), generator=generator)
+    rungs = {
+        "no dropout": None,
+        "x * 2 (inductor fuses it)": _Scaled,
+        "x * 2 as an opaque custom op": _OpaqueScaled,
+        "dropkit.Dropout(0.5)": lambda: dropkit.Dropout(0.5),
+        "torch.nn.Dropout(0.5)": lambda: nn.Dropout(0.5),
+    }
+    steppers = {}
+    for label, factory in rungs.items():
+        model = _mlp(factory).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        compiled, loss_fn = torch.compile(model), nn.CrossEntropyLoss()
+
+        def step(compiled=compiled, optimizer=optimizer, loss_fn=loss_fn) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(compiled(inputs), targets).backward()
+            optimizer.step()
+
+        steppers[label] = step
+    for step in steppers.values():
+        for _ in range(3):  # compiles
+            step()
+    overheads: dict[str, list[float]] = {label: [] for label in steppers}
+    bases = []
+    for _ in range(trials):
+        samples: dict[str, list[float]] = {label: [] for label in steppers}
+        for _ in range(steps):
+            for label, step in steppers.items():
+                start = time.perf_counter()
+                step()
+                samples[label].append(time.perf_counter() - start)
+        medians = {label: statistics.median(values) for label, values in samples.items()}
+        bases.append(medians["no dropout"])
+        for label, value in medians.items():
+            overheads[label].append((value / medians["no dropout"] - 1) * 100)
+    print(f"torch.compile (inductor), batch 256 fp32, {trials} trials of {steps} interleaved "
+          f"steps; compiled no-dropout step {statistics.median(bases) * 1e3:.2f} ms")
+    print("| two layers of | overhead per trial | median |")
+    print("|---|---|---|")
+    for label, values in list(overheads.items())[1:]:
+        cells = " / ".join(f"{v:+.1f}" for v in values)
+        print(f"| {label} | {cells} | {statistics.median(values):+.1f}% |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
@@ -220,7 +295,16 @@ def main() -> None:
         "--breakdown", action="store_true",
         help="where dropkit's overhead goes inside the step (kernel, dispatch, cold caches)",
     )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="the batch-256 step under torch.compile (inductor), beside x * 2 fused and opaque",
+    )
     args = parser.parse_args()
+    if args.compile:
+        print(f"date {date.today()} | load average {loadavg()} | {torch.get_num_threads()} "
+              f"torch threads | torch {torch.__version__}")
+        _compiled(5 if args.quick else args.steps, 1 if args.quick else 3)
+        return
     if args.breakdown:
         print(f"date {date.today()} | load average {loadavg()} | {torch.get_num_threads()} "
               f"torch threads | dropkit backend {kernels.backend_name(torch.empty(0))}")
