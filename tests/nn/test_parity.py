@@ -307,6 +307,40 @@ def test_dropped_units_are_exact_for_inf_inputs_at_partial_rates():
     assert not DF.embedding_dropout(torch.arange(10), emb, 0.5, seed=0).isnan().any()
 
 
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda x: DF.drop_path(x, 0.4, seed=3),
+        lambda x: DF.dropout2d(x, 0.4, seed=3),
+        lambda x: DF.drop_block2d(x, 0.4, 2, seed=3),
+        lambda x: DF.dropout(x, 0.4, broadcast_dims=(1, 3), seed=3),
+    ],
+)
+def test_finite_inputs_take_the_plain_product_with_the_same_bits(op, monkeypatch):
+    # On CPU a finite input is multiplied directly (a broadcast where costs 4-7x);
+    # a sum that overflows from finite values, or an inf, must still give exact zeros.
+    from dropkit.functional import standard
+
+    finite = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    overflowing = torch.full((4, 3, 6, 6), 1e308, dtype=torch.float64)
+    with_inf = finite.clone()
+    with_inf[0, 0] = math.inf
+    for x in (finite, overflowing, with_inf):
+        leaf = x.clone().requires_grad_()
+        fast = op(leaf)
+        fast.sum().backward()
+        with monkeypatch.context() as patch:
+            patch.setattr(standard, "_plain_product_is_exact", lambda input: False)
+            exact_leaf = x.clone().requires_grad_()
+            exact = op(exact_leaf)
+            exact.sum().backward()
+        assert torch.equal(fast, exact) and torch.equal(leaf.grad, exact_leaf.grad)
+        assert not fast.isnan().any()
+    assert standard._plain_product_is_exact(finite)
+    assert not standard._plain_product_is_exact(overflowing)
+    assert not standard._plain_product_is_exact(with_inf)
+
+
 # --- 8. seeds are checked where they enter ------------------------------------------------
 
 BAD_SEEDS = [(-1, ValueError), (2**64, ValueError), (1.5, TypeError), ("7", TypeError),

@@ -126,12 +126,32 @@ def keep_mask_like(
     return _masked(ones, threshold, scale, seed, offset, generator, inplace=False)
 
 
+def _plain_product_is_exact(input: Tensor) -> bool:
+    """Whether ``input * mask`` already gives exact zeros: ``input`` has no inf or NaN.
+
+    Asked on CPU in eager mode only, where a broadcast ``torch.where`` costs 4-7x the
+    product (DropPath at ViT-S size: 1.7 against 0.3 ms) and the answer costs one
+    read pass: the sum of the elements is finite only if every element is (an
+    overflowing sum of finite values merely takes the slower exact path). Not on
+    CUDA, where reading the answer would synchronise, nor in graphs and transforms.
+    """
+    if (
+        input.device.type != "cpu"
+        or _ops.graph_building()
+        or torch._C._are_functorch_transforms_active()
+    ):
+        return False
+    return bool(torch.isfinite(input.detach().sum()))
+
+
 def multiply_mask(input: Tensor, mask: Tensor, inplace: bool = False) -> Tensor:
     """``input * mask`` with dropped positions exactly 0, also where ``input`` is inf or NaN.
 
     A plain product gives ``inf * 0 = NaN``; the element-wise kernel writes 0.
     Every mask-based variant goes through here so ``p = 1`` gives zeros, never NaN.
     """
+    if _plain_product_is_exact(input):
+        return input.mul_(mask) if inplace else input * mask
     dropped = mask == 0
     if inplace:
         return input.masked_fill_(dropped, 0.0).mul_(mask)
