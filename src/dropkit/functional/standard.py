@@ -141,7 +141,9 @@ def _plain_product_is_exact(input: Tensor) -> bool:
         or torch._C._are_functorch_transforms_active()
     ):
         return False
-    return bool(torch.isfinite(input.detach().sum()))
+    # Half types sum in float32: a float16 sum of a large finite tensor overflows.
+    wide = torch.float32 if input.element_size() < 4 else None
+    return bool(torch.isfinite(input.detach().sum(dtype=wide)))
 
 
 def multiply_mask(input: Tensor, mask: Tensor, inplace: bool = False) -> Tensor:
