@@ -21,8 +21,9 @@
 //   so double backward sees it too.
 //
 // Unlike _native.c it is compiled against torch's headers, so a build serves
-// only the torch it was built with; dropkit.kernels loads it only when the
-// versions match and otherwise uses the Python route (see kernels/__init__.py).
+// only the torch it was built with: dropkit.kernels calls init() (which nothing
+// else here runs before) only when TORCH_VERSION is the running torch's, and keeps
+// the Python route otherwise (see kernels/__init__.py).
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
