@@ -130,6 +130,35 @@ def _profile(steps: int) -> None:
         print(f"{label} per call on 8x8: dropkit {ours:.1f} us, torch {theirs:.1f} us (CPU time)")
 
 
+def _ladder(steppers: dict, steps: int, trials: int, setting: str) -> None:
+    """Warm each step up (compiling it if it is compiled), time them interleaved in
+    ``trials`` rounds of ``steps``, and print each rung's overhead over the first rung."""
+    for step in steppers.values():
+        for _ in range(3):
+            step()
+    first = next(iter(steppers))
+    overheads: dict[str, list[float]] = {label: [] for label in steppers}
+    bases = []
+    for _ in range(trials):
+        samples: dict[str, list[float]] = {label: [] for label in steppers}
+        for _ in range(steps):
+            for label, step in steppers.items():
+                start = time.perf_counter()
+                step()
+                samples[label].append(time.perf_counter() - start)
+        medians = {label: statistics.median(values) for label, values in samples.items()}
+        bases.append(medians[first])
+        for label, value in medians.items():
+            overheads[label].append((value / medians[first] - 1) * 100)
+    print(f"{setting}, {trials} trials of {steps} interleaved steps; {first} step "
+          f"{statistics.median(bases) * 1e3:.2f} ms (median over trials)")
+    print("| two layers of | overhead per trial | median |")
+    print("|---|---|---|")
+    for label, values in list(overheads.items())[1:]:
+        cells = " / ".join(f"{v:+.1f}" for v in values)
+        print(f"| {label} | {cells} | {statistics.median(values):+.1f}% |")
+
+
 class _Scaled(nn.Module):
     """``x * 2``: one torch element-wise op forward and backward, the floor for any one-pass op."""
 
@@ -185,29 +214,7 @@ def _breakdown(steps: int, trials: int = 5) -> None:
     steppers["dropkit.Dropout(0.5), Python route"] = _python_route(
         steppers["dropkit.Dropout(0.5), Python route"]
     )
-    for step in steppers.values():
-        for _ in range(3):
-            step()
-    overheads: dict[str, list[float]] = {label: [] for label in steppers}
-    bases = []
-    for _ in range(trials):
-        samples: dict[str, list[float]] = {label: [] for label in steppers}
-        for _ in range(steps):
-            for label, step in steppers.items():
-                start = time.perf_counter()
-                step()
-                samples[label].append(time.perf_counter() - start)
-        medians = {label: statistics.median(values) for label, values in samples.items()}
-        bases.append(medians["no dropout"])
-        for label, value in medians.items():
-            overheads[label].append((value / medians["no dropout"] - 1) * 100)
-    print(f"batch 256 fp32, {trials} trials of {steps} interleaved steps; no-dropout step "
-          f"{statistics.median(bases) * 1e3:.2f} ms (median over trials)")
-    print("| two layers of | overhead per trial | median |")
-    print("|---|---|---|")
-    for label, values in list(overheads.items())[1:]:
-        cells = " / ".join(f"{v:+.1f}" for v in values)
-        print(f"| {label} | {cells} | {statistics.median(values):+.1f}% |")
+    _ladder(steppers, steps, trials, "batch 256 fp32")
 
 
 @torch.library.custom_op("dropkit_bench::scaled", mutates_args=())
@@ -244,41 +251,12 @@ def _compiled(steps: int, trials: int = 3) -> None:
         "dropkit.Dropout(0.5)": lambda: dropkit.Dropout(0.5),
         "torch.nn.Dropout(0.5)": lambda: nn.Dropout(0.5),
     }
-    steppers = {}
-    for label, factory in rungs.items():
-        model = _mlp(factory).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        compiled, loss_fn = torch.compile(model), nn.CrossEntropyLoss()
-
-        def step(compiled=compiled, optimizer=optimizer, loss_fn=loss_fn) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(compiled(inputs), targets).backward()
-            optimizer.step()
-
-        steppers[label] = step
-    for step in steppers.values():
-        for _ in range(3):  # compiles
-            step()
-    overheads: dict[str, list[float]] = {label: [] for label in steppers}
-    bases = []
-    for _ in range(trials):
-        samples: dict[str, list[float]] = {label: [] for label in steppers}
-        for _ in range(steps):
-            for label, step in steppers.items():
-                start = time.perf_counter()
-                step()
-                samples[label].append(time.perf_counter() - start)
-        medians = {label: statistics.median(values) for label, values in samples.items()}
-        bases.append(medians["no dropout"])
-        for label, value in medians.items():
-            overheads[label].append((value / medians["no dropout"] - 1) * 100)
-    print(f"torch.compile (inductor), batch 256 fp32, {trials} trials of {steps} interleaved "
-          f"steps; compiled no-dropout step {statistics.median(bases) * 1e3:.2f} ms")
-    print("| two layers of | overhead per trial | median |")
-    print("|---|---|---|")
-    for label, values in list(overheads.items())[1:]:
-        cells = " / ".join(f"{v:+.1f}" for v in values)
-        print(f"| {label} | {cells} | {statistics.median(values):+.1f}% |")
+    steppers = {
+        # The optimiser steps the compiled module's parameters, which are the model's.
+        label: _step_fn(torch.compile(_mlp(factory).train()), inputs, targets)
+        for label, factory in rungs.items()
+    }
+    _ladder(steppers, steps, trials, "torch.compile (inductor), batch 256 fp32")
 
 
 def main() -> None:

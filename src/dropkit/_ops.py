@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from dropkit import kernels
-from dropkit.random import draw_seed
+from dropkit.random import cuda_capturing, draw_seed
 
 _U64 = 1 << 64
 _SEED_HIGH = 2**63 - 1
@@ -88,12 +88,6 @@ def capturing(device: torch.device | str | None) -> bool:
         and torch.device(device).type == "cuda"
         and torch.cuda.is_current_stream_capturing()
     )
-
-
-def capturing_any() -> bool:
-    """Whether a CUDA graph is being captured on the current stream (no CUDA: ``False``)."""
-    # is_initialized() first: capture needs CUDA, and it costs nothing without it.
-    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 def unpack_state(state: Tensor) -> tuple[int, int]:
@@ -415,7 +409,7 @@ def apply_keyed(
         and (generator is None or generator.device.type == "cpu")
         and not torch._C._are_functorch_transforms_active()
         # draw_seed's refusal while a CUDA graph is captured must hold here too.
-        and not (seed is None and capturing_any())
+        and not (seed is None and cuda_capturing())
     ):
         out = _dispatch.apply(x, seed, generator, offset, threshold, scale, inplace)
         if out is not None:

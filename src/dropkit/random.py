@@ -41,6 +41,7 @@ __all__ = [
     "KEEP_BITS",
     "philox4x32",
     "draw_seed",
+    "cuda_capturing",
     "fold_seed",
     "keep_threshold",
     "keep_scale",
@@ -134,6 +135,12 @@ def as_int64_bits(values: Sequence[int]) -> Tensor:
     return torch.tensor([v - _SEED_SPACE if v >= 1 << 63 else v for v in values], dtype=torch.int64)
 
 
+def cuda_capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream (no CUDA: ``False``)."""
+    # is_initialized() first: capture needs CUDA, and it costs nothing without it.
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     """Draw a 63-bit seed from ``generator`` (default: torch's global CPU generator).
 
@@ -145,8 +152,7 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     the host would be frozen into the graph and every replay would reuse one
     mask. ``dropkit.functional.dropout`` draws on the device there instead.
     """
-    # is_initialized() first: capture needs CUDA, and it costs nothing without it.
-    if torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing():
+    if cuda_capturing():
         raise RuntimeError(
             "dropkit: a seed drawn on the host inside a CUDA graph capture would be frozen "
             "into the graph (every replay would drop the same units); pass seed= "

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import sysconfig
 
 import pytest
@@ -23,6 +21,7 @@ import dropkit
 import dropkit.functional as DF
 from dropkit import _ops, kernels
 from tests.kernels.bitwise import assert_bit_identical
+from tests.kernels.subprocess_run import run_python
 
 dispatch = kernels.dispatch_module()
 needs_dispatch = pytest.mark.skipif(
@@ -225,24 +224,16 @@ def test_init_refuses_a_foreign_capsule():
         dispatch.init(capsule(1, b"someone.else", None))
 
 
-def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("DROPKIT_")}
-    environment.update(env)
-    return subprocess.run(
-        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=120
-    )
-
-
 _STATUS = "from dropkit import kernels; print(kernels.dispatch_status())"
 
 
 def test_env_var_selects_the_route():
-    result = _run_python(_STATUS, DROPKIT_DISPATCH="0")
+    result = run_python(_STATUS, DROPKIT_DISPATCH="0")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "python (DROPKIT_DISPATCH=0)"
-    result = _run_python(_STATUS, DROPKIT_NATIVE="0")
+    result = run_python(_STATUS, DROPKIT_NATIVE="0")
     assert "the native kernel is unavailable (DROPKIT_NATIVE=0)" in result.stdout
-    result = _run_python("import dropkit", DROPKIT_DISPATCH="fast")
+    result = run_python("import dropkit", DROPKIT_DISPATCH="fast")
     assert result.returncode != 0 and "DROPKIT_DISPATCH has to be one of" in result.stderr
 
 
@@ -252,10 +243,10 @@ def test_a_build_for_another_torch_is_never_used():
         "sys.modules['dropkit.kernels._dispatch'] = types.SimpleNamespace("
         "TORCH_VERSION='1.0.0', init=lambda api: 1 / 0)\n" + _STATUS
     )
-    result = _run_python(code)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "built for torch 1.0.0, running torch" in result.stdout
-    result = _run_python(code, DROPKIT_DISPATCH="1")
+    result = run_python(code, DROPKIT_DISPATCH="1")
     assert result.returncode != 0
     assert "DROPKIT_DISPATCH=1 requires dropkit's C++ eager op" in result.stderr
 
@@ -264,7 +255,7 @@ def test_missing_build_keeps_the_python_route_silently():
     code = "import sys; sys.modules['dropkit.kernels._dispatch'] = None\n" + _STATUS + (
         "\nimport torch, dropkit.functional as F; F.dropout(torch.ones(9), 0.5)"
     )
-    result = _run_python(code)
+    result = run_python(code)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert result.stdout.startswith("python (not built for this install")
 

@@ -25,6 +25,7 @@ import dropkit
 from dropkit import kernels
 from dropkit.kernels import reference
 from tests.kernels.bitwise import assert_bit_identical, bits
+from tests.kernels.subprocess_run import run_python
 
 native = kernels.native_module()
 needs_native = pytest.mark.skipif(native is None, reason="native kernel not built/disabled")
@@ -376,18 +377,6 @@ def test_forked_child_can_use_the_kernel():
     assert parent.shape == x.shape
 
 
-def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != "DROPKIT_NATIVE"}
-    environment.update(env)
-    return subprocess.run(
-        [sys.executable, "-W", "always", "-c", code],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 _COMPARE = """
 import torch, warnings
 from dropkit import kernels
@@ -401,7 +390,7 @@ print(kernels.backend_name(x))
 
 
 def test_env_var_zero_forces_reference_without_warning():
-    result = _run_python(_COMPARE, DROPKIT_NATIVE="0")
+    result = run_python(_COMPARE, DROPKIT_NATIVE="0")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "reference"
     assert "RuntimeWarning" not in result.stderr
@@ -411,7 +400,7 @@ def test_missing_module_falls_back_with_one_warning():
     # A None entry in sys.modules makes the import fail, as on a machine
     # where the extension was never compiled.
     code = "import sys; sys.modules['dropkit.kernels._native'] = None\n" + _COMPARE
-    result = _run_python(code)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "reference"
     assert result.stderr.count("native CPU kernel unavailable") == 1, result.stderr
@@ -419,13 +408,13 @@ def test_missing_module_falls_back_with_one_warning():
 
 def test_env_var_one_requires_the_native_module():
     code = "import sys; sys.modules['dropkit.kernels._native'] = None\nimport dropkit"
-    result = _run_python(code, DROPKIT_NATIVE="1")
+    result = run_python(code, DROPKIT_NATIVE="1")
     assert result.returncode != 0
     assert "DROPKIT_NATIVE=1 requires dropkit's compiled kernel" in result.stderr
 
 
 def test_env_var_rejects_unknown_values():
-    result = _run_python("import dropkit", DROPKIT_NATIVE="fast")
+    result = run_python("import dropkit", DROPKIT_NATIVE="fast")
     assert result.returncode != 0
     assert "DROPKIT_NATIVE has to be one of" in result.stderr and "'fast'" in result.stderr
 

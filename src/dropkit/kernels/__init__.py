@@ -85,14 +85,19 @@ _ENV_VAR = "DROPKIT_NATIVE"
 _ENV_CHOICES = ("", "auto", "0", "1")
 
 
-def _load_native():
-    """The compiled module, or ``None`` with the reason it is unavailable."""
-    setting = os.environ.get(_ENV_VAR, "").strip().lower()
+def _env_setting(var: str) -> str:
+    """``var``'s value, normalised, or a ValueError naming it and the allowed values."""
+    setting = os.environ.get(var, "").strip().lower()
     if setting not in _ENV_CHOICES:
         raise ValueError(
-            f"{_ENV_VAR} has to be one of {_ENV_CHOICES[1:]} or unset, "
-            f"but got {os.environ[_ENV_VAR]!r}"
+            f"{var} has to be one of {_ENV_CHOICES[1:]} or unset, but got {os.environ[var]!r}"
         )
+    return setting
+
+
+def _load_native():
+    """The compiled module, or ``None`` with the reason it is unavailable."""
+    setting = _env_setting(_ENV_VAR)
     if setting == "0":
         return None, f"{_ENV_VAR}=0"
     try:
@@ -116,12 +121,7 @@ _DISPATCH_VAR = "DROPKIT_DISPATCH"
 
 def _load_dispatch():
     """The C++ eager op bound to the native kernel, or ``None`` with the reason."""
-    setting = os.environ.get(_DISPATCH_VAR, "").strip().lower()
-    if setting not in _ENV_CHOICES:
-        raise ValueError(
-            f"{_DISPATCH_VAR} has to be one of {_ENV_CHOICES[1:]} or unset, "
-            f"but got {os.environ[_DISPATCH_VAR]!r}"
-        )
+    setting = _env_setting(_DISPATCH_VAR)
     if setting == "0":
         return None, f"{_DISPATCH_VAR}=0"
     reason = ""
@@ -153,17 +153,7 @@ _warned_missing = False
 _TRITON_VAR = "DROPKIT_TRITON"
 
 
-def _triton_setting() -> str:
-    setting = os.environ.get(_TRITON_VAR, "").strip().lower()
-    if setting not in _ENV_CHOICES:
-        raise ValueError(
-            f"{_TRITON_VAR} has to be one of {_ENV_CHOICES[1:]} or unset, "
-            f"but got {os.environ[_TRITON_VAR]!r}"
-        )
-    return setting
-
-
-_triton_mode = _triton_setting()
+_triton_mode = _env_setting(_TRITON_VAR)
 # None: not tried yet; False: tried and unavailable; otherwise the module.
 _triton = None
 
